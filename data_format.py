@@ -1,0 +1,152 @@
+"""The two on-disk formats of this benchmark and what they share.
+
+HugeCTR raw binary (input of split_bin.py, output of synthetic_data.py): one sample is
+40 little-endian int32 = 160 bytes: label, 13 dense integers, 26 categorical ids.
+
+Split format (output of split_bin.py, input of dataset.py), one directory per file:
+  label.bin          int8     [N]       0 or 1
+  dense.bin          float16  [N, 13]   DENSE_TRANSFORM already applied
+  category_<i>.bin   int8/16/32/64 [N]  narrowest signed type holding vocab_sizes[i]
+  metadata.json      format_version, num_samples, vocab_sizes, files (name -> dtype, shape),
+                     dense_transform, source (name, size_bytes)
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+NUM_DENSE = 13
+NUM_CATEGORICAL = 26
+RAW_INTS_PER_SAMPLE = 1 + NUM_DENSE + NUM_CATEGORICAL
+RAW_BYTES_PER_SAMPLE = 4 * RAW_INTS_PER_SAMPLE  # 160
+RAW_DTYPE = np.dtype("<i4")
+
+FORMAT_VERSION = 1
+METADATA_NAME = "metadata.json"
+LABEL_FILE = "label.bin"
+DENSE_FILE = "dense.bin"
+LABEL_DTYPE = np.dtype(np.int8)
+DENSE_DTYPE = np.dtype(np.float16)
+
+# The seed's transform. HugeCTR's preprocessing stores missing values as 0 and adds 1
+# to every dense value, so the smallest value Criteo holds (-3 before the bias) is -2
+# and log(x + 3) stays finite. Values below DENSE_MIN are rejected by split_bin.py.
+DENSE_TRANSFORM = "log(x + 3)"
+DENSE_MIN = -2
+
+# Criteo Terabyte with the 40M hash cap (SOK's benchmark, MLPerf DLRM v1).
+CRITEO_TB_VOCAB_SIZES = (
+    39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10,
+    2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
+)
+VOCAB_PRESETS = {"criteo_tb": CRITEO_TB_VOCAB_SIZES}
+
+
+def category_file(feature):
+    return f"category_{feature}.bin"
+
+
+def parse_vocab_sizes(value, expected_len=NUM_CATEGORICAL):
+    """'criteo_tb' | '[1, 2, ...]' | '1,2,...' -> tuple of positive ints. Never evaluates code."""
+    text = value.strip()
+    if text in VOCAB_PRESETS:
+        sizes = VOCAB_PRESETS[text]
+    else:
+        try:
+            parsed = json.loads(text if text.startswith("[") else f"[{text}]")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"vocab_sizes: cannot parse {value!r} as a JSON list, a comma-"
+                             f"separated list or one of {sorted(VOCAB_PRESETS)}: {err}") from None
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parsed):
+            raise ValueError(f"vocab_sizes: every entry must be a positive integer, got {value!r}")
+        sizes = tuple(parsed)
+    if expected_len is not None and len(sizes) != expected_len:
+        raise ValueError(f"vocab_sizes: expected {expected_len} entries (one per categorical "
+                         f"feature), got {len(sizes)}")
+    return tuple(sizes)
+
+
+def scaled_vocab_sizes(sizes=CRITEO_TB_VOCAB_SIZES, factor=1000):
+    """Shrinks a vocabulary list for CPU runs: sizes above `factor` become max(factor, v // factor)."""
+    return tuple(v if v <= factor else max(factor, v // factor) for v in sizes)
+
+
+def category_dtype(vocab_size):
+    """Narrowest signed integer dtype that holds ids in [0, vocab_size)."""
+    for dtype in (np.int8, np.int16, np.int32, np.int64):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"vocab size {vocab_size} does not fit int64")
+
+
+def transform_dense(raw):
+    """int32 [n, 13] raw dense values -> DENSE_TRANSFORM as float16 [n, 13]."""
+    shifted = np.add(raw, 3, dtype=np.float32)
+    np.log(shifted, out=shifted)
+    return shifted.astype(DENSE_DTYPE)
+
+
+def file_layout(num_samples, vocab_sizes):
+    """name -> (dtype, shape) of every data file of the split format."""
+    layout = {LABEL_FILE: (LABEL_DTYPE, (num_samples,)),
+              DENSE_FILE: (DENSE_DTYPE, (num_samples, NUM_DENSE))}
+    for feature, vocab in enumerate(vocab_sizes):
+        layout[category_file(feature)] = (category_dtype(vocab), (num_samples,))
+    return layout
+
+
+def make_metadata(num_samples, vocab_sizes, source_name, source_size):
+    return {
+        "format_version": FORMAT_VERSION,
+        "num_samples": int(num_samples),
+        "vocab_sizes": [int(v) for v in vocab_sizes],
+        "dense_transform": DENSE_TRANSFORM,
+        "files": {name: {"dtype": dtype.name, "shape": list(shape)}
+                  for name, (dtype, shape) in file_layout(num_samples, vocab_sizes).items()},
+        "source": {"name": source_name, "size_bytes": int(source_size)},
+    }
+
+
+def read_metadata(directory):
+    """Loads and checks directory/metadata.json against the files beside it; returns the dict."""
+    path = os.path.join(directory, METADATA_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (create the directory with split_bin.py)")
+    with open(path) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON: {err}") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} is not supported "
+                         f"(this reader knows {FORMAT_VERSION})")
+    if meta.get("dense_transform") != DENSE_TRANSFORM:
+        raise ValueError(f"{path}: dense_transform {meta.get('dense_transform')!r} is not "
+                         f"{DENSE_TRANSFORM!r}")
+    num_samples = meta["num_samples"]
+    for name, (dtype, shape) in file_layout(num_samples, meta["vocab_sizes"]).items():
+        entry = meta["files"].get(name)
+        if entry is None or entry["dtype"] != dtype.name or tuple(entry["shape"]) != shape:
+            raise ValueError(f"{path}: files[{name!r}] is {entry}, expected dtype {dtype.name} "
+                             f"shape {list(shape)}")
+        file_path = os.path.join(directory, name)
+        if not os.path.isfile(file_path):
+            raise FileNotFoundError(f"{file_path}: missing (listed in {path})")
+        expected = dtype.itemsize * math.prod(shape)
+        actual = os.path.getsize(file_path)
+        if actual != expected:
+            raise ValueError(f"{file_path}: {actual} bytes, but {path} says {num_samples} "
+                             f"samples of {dtype.name} x {math.prod(shape[1:])} = {expected} bytes")
+    return meta
+
+
+def write_json_atomic(path, obj):
+    """Writes obj as JSON to path through a temporary name in the same directory."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,163 @@
+"""Per-rank batches of the split format (see data_format.py), and a synthetic twin.
+
+Every dataset yields, per step, `((dense, categorical), label)` as TF tensors:
+    dense        float32 [B, 13]   DENSE_TRANSFORM already applied by split_bin.py
+    categorical  int32   [B, 26]   ids of feature f in [0, vocab_sizes[f])
+    label        float32 [B, 1]
+Rank r of N, with per-rank batch B and global batch G = N * B, reads samples
+[i*G + r*B, i*G + (r+1)*B) for global batch i (the seed's layout). Training drops the last
+incomplete global batch; evaluation keeps it, spread over the ranks as evenly as possible
+(rank r gets q + (r < m) samples, q, m = divmod(rest, N)), so every test sample is read
+exactly once across the ranks, and every rank yields the same number of batches (some may
+be empty), as the collectives inside the model require.
+"""
+
+import os
+import queue
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+import data_format as fmt
+
+CATEGORICAL_DTYPE = np.int32
+
+
+def batch_ranges(num_samples, batch_size, rank, num_ranks, drop_remainder):
+    """-> list of (start, count) of rank's batches. batch_size is per rank."""
+    global_batch = batch_size * num_ranks
+    full, rest = divmod(num_samples, global_batch)
+    ranges = [(i * global_batch + rank * batch_size, batch_size) for i in range(full)]
+    if rest and not drop_remainder:
+        q, m = divmod(rest, num_ranks)
+        ranges.append((full * global_batch + rank * q + min(rank, m), q + (rank < m)))
+    return ranges
+
+
+class _Prefetcher:
+    """Iterates make_batch(item) for item in items, `depth` batches ahead in a thread."""
+
+    def __init__(self, items, make_batch, depth):
+        self._queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items, make_batch), daemon=True)
+        self._thread.start()
+
+    def _run(self, items, make_batch):
+        try:
+            for item in items:
+                batch = make_batch(item)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if self._stop.is_set():
+                    return
+        except BaseException as err:  # re-raised in the consumer
+            self._queue.put(err)
+            return
+        self._queue.put(StopIteration())
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if isinstance(item, StopIteration):
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self._stop.set()
+
+    def __del__(self):
+        self.close()
+
+
+class SplitDataset:
+    """Rank `rank` of `num_ranks`'s batches of the split-format directory `data_dir`.
+
+    batch_size is per rank. Iterating gives one epoch; iterate again for the next.
+    prefetch: batches read ahead in a background thread (0 reads in the caller's thread).
+    """
+
+    def __init__(self, data_dir, batch_size, rank=0, num_ranks=1, training=True, prefetch=4):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < num_ranks:
+            raise ValueError(f"rank {rank} outside [0, {num_ranks})")
+        self.data_dir = data_dir
+        self.meta = fmt.read_metadata(data_dir)
+        self.num_samples = self.meta["num_samples"]
+        self.vocab_sizes = tuple(self.meta["vocab_sizes"])
+        self.batch_size = batch_size
+        self.prefetch = prefetch
+        if training and batch_size * num_ranks > self.num_samples:
+            raise ValueError(f"{data_dir}: global batch {batch_size * num_ranks} "
+                             f"({num_ranks} ranks x {batch_size}) is larger than the dataset "
+                             f"({self.num_samples} samples)")
+        self._ranges = batch_ranges(self.num_samples, batch_size, rank, num_ranks,
+                                    drop_remainder=training)
+        layout = fmt.file_layout(self.num_samples, self.vocab_sizes)
+        self._files = {name: self._map(name, dtype, shape) for name, (dtype, shape) in layout.items()}
+        self._categories = [self._files[fmt.category_file(f)] for f in range(len(self.vocab_sizes))]
+
+    def _map(self, name, dtype, shape):
+        if self.num_samples == 0:
+            return np.empty(shape, dtype)
+        return np.memmap(os.path.join(self.data_dir, name), dtype=dtype, mode="r", shape=shape)
+
+    def __len__(self):
+        return len(self._ranges)
+
+    def read_numpy(self, start, count):
+        """-> (dense float32 [count, 13], categorical int32 [count, 26], label float32 [count, 1])."""
+        end = start + count
+        dense = self._files[fmt.DENSE_FILE][start:end].astype(np.float32)
+        label = self._files[fmt.LABEL_FILE][start:end].astype(np.float32).reshape(count, 1)
+        categorical = np.empty((count, len(self._categories)), CATEGORICAL_DTYPE)
+        for feature, column in enumerate(self._categories):
+            categorical[:, feature] = column[start:end]
+        return dense, categorical, label
+
+    def _make_batch(self, batch_range):
+        dense, categorical, label = self.read_numpy(*batch_range)
+        return (tf.convert_to_tensor(dense), tf.convert_to_tensor(categorical)), \
+            tf.convert_to_tensor(label)
+
+    def __iter__(self):
+        if self.prefetch > 0:
+            return _Prefetcher(self._ranges, self._make_batch, self.prefetch)
+        return map(self._make_batch, self._ranges)
+
+
+class SyntheticDataset:
+    """Random batches with SplitDataset's signature and no files, for profiling.
+
+    A few batches are made once and then cycled, so reading costs almost nothing.
+    """
+
+    def __init__(self, batch_size, vocab_sizes, num_batches, seed=0, distinct_batches=4):
+        rng = np.random.default_rng(seed)
+        self.vocab_sizes = tuple(vocab_sizes)
+        self.batch_size = batch_size
+        self._num_batches = num_batches
+        self._batches = []
+        for _ in range(min(distinct_batches, max(num_batches, 1))):
+            dense = np.log(rng.integers(0, 1000, (batch_size, fmt.NUM_DENSE)) + 3.0)
+            categorical = (rng.random((batch_size, len(vocab_sizes))) *
+                           np.asarray(vocab_sizes)).astype(CATEGORICAL_DTYPE)
+            label = rng.integers(0, 2, (batch_size, 1))
+            self._batches.append(((tf.constant(dense, tf.float32), tf.constant(categorical)),
+                                  tf.constant(label, tf.float32)))
+
+    def __len__(self):
+        return self._num_batches
+
+    def __iter__(self):
+        return (self._batches[i % len(self._batches)] for i in range(self._num_batches))

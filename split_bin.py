@@ -1,0 +1,214 @@
+"""Splits a HugeCTR raw binary file into the split format that dataset.py reads.
+
+    python3 split_bin.py RAW_FILE OUT_DIR --vocab_sizes=criteo_tb [--overwrite]
+
+The output is built in a temporary directory beside OUT_DIR and renamed into place only
+when complete, so a failure or Ctrl-C never leaves an OUT_DIR that looks valid. The input
+is only read. Memory is bounded by --chunk_samples (160 bytes per sample in flight).
+"""
+
+import argparse
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+
+import numpy as np
+
+import data_format as fmt
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file, the field and the value."""
+
+
+def _progress(done_bytes, total_bytes, start, stream):
+    elapsed = max(time.monotonic() - start, 1e-9)
+    rate = done_bytes / elapsed
+    eta = (total_bytes - done_bytes) / rate if rate > 0 else float("inf")
+    stream.write(f"split_bin: {done_bytes / 1e9:.2f}/{total_bytes / 1e9:.2f} GB "
+                 f"({100.0 * done_bytes / max(total_bytes, 1):.1f}%) {rate / 1e9:.2f} GB/s "
+                 f"ETA {eta:.0f} s\n")
+    stream.flush()
+
+
+def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18,
+          progress_stream=sys.stderr, progress_seconds=10.0):
+    """Writes out_dir in the split format from the raw file raw_path; returns the metadata."""
+    if len(vocab_sizes) != fmt.NUM_CATEGORICAL:
+        raise InputError(f"--vocab_sizes: {len(vocab_sizes)} entries, expected "
+                         f"{fmt.NUM_CATEGORICAL} (one per categorical feature)")
+    if not os.path.isfile(raw_path):
+        raise InputError(f"{raw_path}: no such file")
+    size = os.path.getsize(raw_path)
+    num_samples, remainder = divmod(size, fmt.RAW_BYTES_PER_SAMPLE)
+    if remainder:
+        raise InputError(f"{raw_path}: size {size} bytes is not a multiple of "
+                         f"{fmt.RAW_BYTES_PER_SAMPLE} (remainder {remainder})")
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise InputError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
+    os.mkdir(tmp_dir)
+    try:
+        _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples,
+                     progress_stream, progress_seconds)
+        meta = fmt.make_metadata(num_samples, vocab_sizes, os.path.basename(raw_path), size)
+        fmt.write_json_atomic(os.path.join(tmp_dir, fmt.METADATA_NAME), meta)
+        if os.path.exists(out_dir):
+            old = os.path.join(parent, f".{os.path.basename(out_dir)}.old-{os.getpid()}")
+            os.rename(out_dir, old)
+            os.rename(tmp_dir, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return meta
+
+
+def _read_chunks(raw_path, num_samples, chunk_samples, buffers, ready, free):
+    """Reader thread: fills the free buffers in file order, puts (first, n) or an error on ready."""
+    try:
+        with open(raw_path, "rb", buffering=0) as src:
+            for index, first in enumerate(range(0, num_samples, chunk_samples)):
+                n = min(chunk_samples, num_samples - first)
+                slot = free.get()
+                if slot is None:
+                    return
+                view = buffers[slot][:n]
+                got = src.readinto(memoryview(view).cast("B"))
+                if got != n * fmt.RAW_BYTES_PER_SAMPLE:
+                    raise InputError(f"{raw_path}: short read at sample {first} (file changed?)")
+                ready.put((slot, first, n))
+    except BaseException as err:  # handed to the main thread, which raises it
+        ready.put(err)
+
+
+class _ChunkConverter:
+    """Converts raw int32 [n, 40] chunks to the split format's columns, in sub-blocks that
+    stay in L2 cache (the 26 strided column reads of a whole chunk would each stream it
+    from memory)."""
+
+    BLOCK = 4096
+
+    def __init__(self, raw_path, vocab_sizes, chunk_samples):
+        self.raw_path = raw_path
+        self.vocab = np.asarray(vocab_sizes, dtype=np.uint32)
+        self.label = np.empty(chunk_samples, fmt.LABEL_DTYPE)
+        self.dense = np.empty((chunk_samples, fmt.NUM_DENSE), fmt.DENSE_DTYPE)
+        self.categories = [np.empty(chunk_samples, fmt.category_dtype(v)) for v in vocab_sizes]
+        self._log_dense = np.empty((self.BLOCK, fmt.NUM_DENSE), np.float32)
+        self._out_of_range = np.empty((self.BLOCK, fmt.NUM_CATEGORICAL), bool)
+
+    def convert(self, raw, first_sample):
+        """raw: int32 [n, 40] -> fills label[:n], dense[:n], categories[f][:n]."""
+        for a in range(0, len(raw), self.BLOCK):
+            block = raw[a:a + self.BLOCK]
+            b = a + len(block)
+            self._check(block, first_sample + a)
+            log_dense = self._log_dense[:len(block)]
+            np.add(block[:, 1:1 + fmt.NUM_DENSE], 3, out=log_dense, dtype=np.float32,
+                   casting="unsafe")
+            np.log(log_dense, out=log_dense)
+            np.copyto(self.dense[a:b], log_dense, casting="unsafe")
+            np.copyto(self.label[a:b], block[:, 0], casting="unsafe")
+            for feature, column in enumerate(self.categories):
+                np.copyto(column[a:b], block[:, 1 + fmt.NUM_DENSE + feature], casting="unsafe")
+
+    def _check(self, block, first_sample):
+        """Raises InputError for a label not in {0, 1}, a dense value below DENSE_MIN or an
+        id outside [0, vocab)."""
+        labels = block[:, 0]
+        if labels.view(np.uint32).max() > 1:
+            i = int(np.flatnonzero(labels.view(np.uint32) > 1)[0])
+            raise InputError(f"{self.raw_path}: sample {first_sample + i}: label is "
+                             f"{labels[i]}, expected 0 or 1")
+        dense = block[:, 1:1 + fmt.NUM_DENSE]
+        if dense.min() < fmt.DENSE_MIN:
+            i, j = np.argwhere(dense < fmt.DENSE_MIN)[0]
+            raise InputError(f"{self.raw_path}: sample {first_sample + i}: dense feature {j} "
+                             f"is {dense[i, j]}, below {fmt.DENSE_MIN} "
+                             f"({fmt.DENSE_TRANSFORM} needs x > -3)")
+        ids = block[:, 1 + fmt.NUM_DENSE:]
+        # Negative ids wrap to values >= 2**31 > any vocab: one unsigned compare checks both ends.
+        bad = np.greater_equal(ids.view(np.uint32), self.vocab,
+                               out=self._out_of_range[:len(block)])
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputError(f"{self.raw_path}: sample {first_sample + i}: categorical feature "
+                             f"{j} is {ids[i, j]}, outside [0, {self.vocab[j]})")
+
+
+def _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples,
+                 progress_stream, progress_seconds):
+    """Reads in a background thread (two buffers), converts and writes in this one."""
+    converter = _ChunkConverter(raw_path, vocab_sizes, chunk_samples)
+    buffers = [np.empty((chunk_samples, fmt.RAW_INTS_PER_SAMPLE), fmt.RAW_DTYPE) for _ in range(2)]
+    ready, free = queue.Queue(), queue.Queue()
+    for slot in range(len(buffers)):
+        free.put(slot)
+    reader = threading.Thread(target=_read_chunks, daemon=True,
+                              args=(raw_path, num_samples, chunk_samples, buffers, ready, free))
+    names = [fmt.LABEL_FILE, fmt.DENSE_FILE] + [fmt.category_file(f) for f in range(len(vocab_sizes))]
+    outputs = [open(os.path.join(tmp_dir, name), "wb") for name in names]
+    start = last_report = time.monotonic()
+    reader.start()
+    try:
+        done = 0
+        while done < num_samples:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            slot, first, n = item
+            converter.convert(buffers[slot][:n], first)
+            free.put(slot)
+            columns = [converter.label, converter.dense] + converter.categories
+            for out, column in zip(outputs, columns):
+                out.write(column[:n])
+            done = first + n
+            now = time.monotonic()
+            if progress_stream is not None and (now - last_report >= progress_seconds
+                                                or done == num_samples):
+                _progress(done * fmt.RAW_BYTES_PER_SAMPLE,
+                          num_samples * fmt.RAW_BYTES_PER_SAMPLE, start, progress_stream)
+                last_report = now
+    finally:
+        free.put(None)
+        for out in outputs:
+            out.close()
+        reader.join()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("raw_file", help="HugeCTR raw binary (160 bytes per sample)")
+    parser.add_argument("out_dir", help="directory to create in the split format")
+    parser.add_argument("--vocab_sizes", required=True,
+                        help="JSON list, comma-separated list, or the preset 'criteo_tb'")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    parser.add_argument("--chunk_samples", type=int, default=1 << 18,
+                        help="samples per read (memory: 160 bytes each, plus outputs)")
+    args = parser.parse_args(argv)
+    try:
+        vocab_sizes = fmt.parse_vocab_sizes(args.vocab_sizes, expected_len=None)
+        meta = split(args.raw_file, args.out_dir, vocab_sizes, overwrite=args.overwrite,
+                     chunk_samples=args.chunk_samples)
+    except (InputError, ValueError) as err:
+        print(f"split_bin.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("split_bin.py: interrupted; no output written", file=sys.stderr)
+        return 130
+    print(f"split_bin.py: wrote {meta['num_samples']} samples to {os.path.abspath(args.out_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

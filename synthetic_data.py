@@ -1,0 +1,140 @@
+"""Writes synthetic HugeCTR raw files (train_data.bin, test_data.bin) with a learnable signal.
+
+    python3 synthetic_data.py OUT_DIR --train_samples=N --test_samples=M [--vocab_sizes=...]
+
+Per sample: 13 dense non-negative integers with heavy tails (floor of a log-normal, many
+zeros), 26 categorical ids skewed toward small ids (id = floor(vocab * u**SKEW), u uniform),
+and a label drawn from a hidden logistic model
+
+    p = sigmoid(BIAS + sum_j DENSE_WEIGHT_j * log(x_j + 3) + sum_f w_f(id_f)),
+
+where w_f(id) is a per-id weight derived from a hash of (seed, f, id), so no table is
+stored and the full Criteo vocabularies cost no memory. The AUC of p on the test file is
+the best any model can reach; it is printed and written to OUT_DIR/synthetic.json.
+Deterministic for a seed; streams in chunks (memory bounded for train; the test file's
+probabilities are kept for the exact AUC, 4 bytes per test sample).
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+import data_format as fmt
+from metrics import roc_auc
+
+CHUNK_SAMPLES = 1 << 18
+SKEW = 3.0
+BIAS = -1.0
+ID_WEIGHT_SCALE = 0.35
+DENSE_LOG_MEAN = np.linspace(-0.5, 3.0, fmt.NUM_DENSE)
+DENSE_LOG_STD = np.linspace(1.0, 2.0, fmt.NUM_DENSE)
+DENSE_WEIGHT = np.linspace(-0.12, 0.12, fmt.NUM_DENSE)
+
+
+def _hash_uniform(seed, feature, ids):
+    """splitmix64 of (seed, feature, id) -> float64 in [0, 1). ids: int64 [n]."""
+    with np.errstate(over="ignore"):
+        x = (ids.astype(np.uint64) + np.uint64((seed * 1000003 + feature) * 0x9E3779B97F4A7C15
+                                               % (1 << 64)))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def id_weights(seed, feature, ids):
+    """Hidden per-id logit contribution, uniform in +-ID_WEIGHT_SCALE*sqrt(3) (unit variance x scale)."""
+    return ID_WEIGHT_SCALE * np.sqrt(3.0) * (2.0 * _hash_uniform(seed, feature, ids) - 1.0)
+
+
+def true_probability(seed, dense, ids):
+    """Hidden model. dense: int [n, 13]; ids: int [n, 26] -> float64 [n]."""
+    logit = BIAS + np.log(dense.astype(np.float64) + 3.0) @ DENSE_WEIGHT
+    for feature in range(ids.shape[1]):
+        logit += id_weights(seed, feature, ids[:, feature].astype(np.int64))
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def generate_chunk(seed, file_index, chunk_index, n, vocab_sizes):
+    """-> (raw int32 [n, 40], true probability float64 [n]); depends only on its arguments."""
+    rng = np.random.default_rng([seed, file_index, chunk_index])
+    raw = np.empty((n, fmt.RAW_INTS_PER_SAMPLE), dtype=fmt.RAW_DTYPE)
+    dense = np.floor(np.exp(rng.normal(DENSE_LOG_MEAN, DENSE_LOG_STD, size=(n, fmt.NUM_DENSE)))) - 1
+    raw[:, 1:1 + fmt.NUM_DENSE] = np.clip(dense, 0, np.iinfo(np.int32).max)
+    vocab = np.asarray(vocab_sizes, dtype=np.float64)
+    ids = np.floor(vocab * rng.random((n, len(vocab_sizes))) ** SKEW)
+    raw[:, 1 + fmt.NUM_DENSE:] = np.minimum(ids, vocab - 1)
+    prob = true_probability(seed, raw[:, 1:1 + fmt.NUM_DENSE], raw[:, 1 + fmt.NUM_DENSE:])
+    raw[:, 0] = rng.random(n) < prob
+    return raw, prob
+
+
+def write_raw(path, file_index, num_samples, vocab_sizes, seed, keep_probabilities=False):
+    """Streams num_samples synthetic samples to path (through a temporary name).
+    Returns (labels int8 [n], probabilities float32 [n]) if keep_probabilities, else None."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    kept_labels, kept_probs = [], []
+    try:
+        with open(tmp, "wb") as f:
+            for chunk_index, first in enumerate(range(0, num_samples, CHUNK_SAMPLES)):
+                n = min(CHUNK_SAMPLES, num_samples - first)
+                raw, prob = generate_chunk(seed, file_index, chunk_index, n, vocab_sizes)
+                f.write(raw)
+                if keep_probabilities:
+                    kept_labels.append(raw[:, 0].astype(np.int8))
+                    kept_probs.append(prob.astype(np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if keep_probabilities:
+        return np.concatenate(kept_labels), np.concatenate(kept_probs)
+    return None
+
+
+def generate(out_dir, train_samples, test_samples, vocab_sizes, seed=0):
+    """Writes out_dir/{train_data.bin, test_data.bin, synthetic.json}; returns the JSON dict."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_raw(os.path.join(out_dir, "train_data.bin"), 0, train_samples, vocab_sizes, seed)
+    labels, probs = write_raw(os.path.join(out_dir, "test_data.bin"), 1, test_samples,
+                              vocab_sizes, seed, keep_probabilities=True)
+    info = {
+        "seed": seed,
+        "train_samples": train_samples,
+        "test_samples": test_samples,
+        "vocab_sizes": list(vocab_sizes),
+        "best_test_auc": roc_auc(labels, probs),
+        "test_positive_rate": float(labels.mean()) if len(labels) else None,
+    }
+    fmt.write_json_atomic(os.path.join(out_dir, "synthetic.json"), info)
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--train_samples", type=int, default=1 << 20)
+    parser.add_argument("--test_samples", type=int, default=1 << 17)
+    parser.add_argument("--vocab_sizes", default="scaled",
+                        help="'scaled' (Criteo TB list shrunk for CPU runs), 'criteo_tb', "
+                             "or a JSON / comma-separated list of 26 sizes")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        vocab_sizes = (fmt.scaled_vocab_sizes() if args.vocab_sizes == "scaled"
+                       else fmt.parse_vocab_sizes(args.vocab_sizes))
+    except ValueError as err:
+        print(f"synthetic_data.py: error: {err}", file=sys.stderr)
+        return 2
+    info = generate(args.out_dir, args.train_samples, args.test_samples, vocab_sizes, args.seed)
+    print(f"synthetic_data.py: wrote {args.train_samples} train and {args.test_samples} test "
+          f"samples to {args.out_dir}; best test AUC (hidden probabilities) "
+          f"{info['best_test_auc']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

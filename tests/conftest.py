@@ -1,0 +1,35 @@
+"""Shared test helpers: the repo root on sys.path, tiny raw files, horovodrun."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def write_raw(path, label, dense, categorical):
+    """label [n], dense [n, 13], categorical [n, 26] ints -> HugeCTR raw file at path."""
+    raw = np.concatenate([np.asarray(label).reshape(-1, 1), dense, categorical], axis=1)
+    raw.astype("<i4").tofile(path)
+    return raw.astype(np.int64)
+
+
+def horovodrun(num_ranks, script, *args, timeout=600):
+    """Runs `python script args` on num_ranks local Gloo ranks; returns the CompletedProcess."""
+    cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo",
+           "-H", f"localhost:{num_ranks}", sys.executable, script, *map(str, args)]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

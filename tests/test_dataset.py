@@ -1,0 +1,127 @@
+"""dataset.py: sharding (no sample lost or repeated), values, errors, horovodrun -np 2."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import horovodrun, write_raw
+import data_format as fmt
+import dataset
+import split_bin
+
+VOCAB = [10, 300, 70000] + [20] * 23
+WORKER = os.path.join(os.path.dirname(__file__), "dataset_worker.py")
+
+
+def _make_split(tmp_path, rng, n, name="split"):
+    label = rng.integers(0, 2, n)
+    dense = rng.integers(0, 5000, (n, 13))
+    categorical = (rng.random((n, 26)) * np.asarray(VOCAB)).astype(np.int64)
+    raw = write_raw(tmp_path / f"{name}.raw", label, dense, categorical)
+    split_bin.split(str(tmp_path / f"{name}.raw"), str(tmp_path / name), VOCAB,
+                    progress_stream=None)
+    return str(tmp_path / name), raw
+
+
+@pytest.mark.parametrize("num_samples", [0, 1, 5, 63, 64, 65, 1000, 1023])
+@pytest.mark.parametrize("num_ranks", [1, 2, 3, 8])
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_batch_ranges_cover_each_sample_once(num_samples, num_ranks, batch_size):
+    global_batch = num_ranks * batch_size
+    per_rank_eval = [dataset.batch_ranges(num_samples, batch_size, r, num_ranks, False)
+                     for r in range(num_ranks)]
+    per_rank_train = [dataset.batch_ranges(num_samples, batch_size, r, num_ranks, True)
+                      for r in range(num_ranks)]
+    for per_rank, expected_count in [(per_rank_eval, num_samples),
+                                     (per_rank_train, num_samples // global_batch * global_batch)]:
+        assert len({len(ranges) for ranges in per_rank}) == 1  # same number of steps everywhere
+        seen = np.zeros(num_samples, np.int64)
+        for ranges in per_rank:
+            for start, count in ranges:
+                assert 0 <= count <= batch_size
+                seen[start:start + count] += 1
+        assert seen.sum() == expected_count and seen.max(initial=0) <= 1
+        assert (seen[:expected_count] == 1).all()
+    # The seed's layout for full batches: global batch i, rank r -> [i*G + r*B, i*G + (r+1)*B).
+    for r, ranges in enumerate(per_rank_train):
+        assert ranges == [(i * global_batch + r * batch_size, batch_size)
+                          for i in range(num_samples // global_batch)]
+    # The remainder is spread as evenly as possible.
+    if num_samples % global_batch:
+        tail = [ranges[-1][1] for ranges in per_rank_eval]
+        assert max(tail) - min(tail) <= 1
+
+
+def test_values_and_types_match_the_raw_file(tmp_path, rng):
+    data_dir, raw = _make_split(tmp_path, rng, 103)
+    for num_ranks in [1, 2, 3]:
+        for rank in range(num_ranks):
+            for prefetch in [0, 2]:
+                ds = dataset.SplitDataset(data_dir, 8, rank, num_ranks, training=False,
+                                          prefetch=prefetch)
+                starts = [s for s, _ in dataset.batch_ranges(103, 8, rank, num_ranks, False)]
+                assert len(ds) == len(starts)
+                for epoch in range(2):  # a second epoch reads the same
+                    for ((dense, categorical), label), start in zip(ds, starts):
+                        rows = raw[start:start + len(label)]
+                        assert dense.dtype.name == "float32" and dense.shape == (len(rows), 13)
+                        assert categorical.dtype.name == "int32"
+                        assert label.dtype.name == "float32" and label.shape == (len(rows), 1)
+                        np.testing.assert_array_equal(categorical.numpy(), rows[:, 14:])
+                        np.testing.assert_array_equal(label.numpy()[:, 0], rows[:, 0])
+                        np.testing.assert_allclose(dense.numpy(), np.log(rows[:, 1:14] + 3.0),
+                                                   rtol=1e-3)
+
+
+def test_errors(tmp_path, rng):
+    data_dir, _ = _make_split(tmp_path, rng, 50)
+    with pytest.raises(ValueError, match="global batch 64 .* larger than the dataset"):
+        dataset.SplitDataset(data_dir, 32, 0, 2, training=True)
+    assert len(dataset.SplitDataset(data_dir, 32, 1, 2, training=False)) == 1
+
+    meta_path = os.path.join(data_dir, "metadata.json")
+    meta = json.load(open(meta_path))
+    json.dump(dict(meta, format_version=99), open(meta_path, "w"))
+    with pytest.raises(ValueError, match="format_version 99"):
+        dataset.SplitDataset(data_dir, 4)
+    json.dump(meta, open(meta_path, "w"))
+
+    with open(os.path.join(data_dir, "category_2.bin"), "ab") as f:
+        f.write(b"\0\0\0\0")
+    with pytest.raises(ValueError, match=r"category_2.bin: 204 bytes.* 200 bytes"):
+        dataset.SplitDataset(data_dir, 4)
+    os.remove(os.path.join(data_dir, "category_2.bin"))
+    with pytest.raises(FileNotFoundError, match="category_2.bin: missing"):
+        dataset.SplitDataset(data_dir, 4)
+    with pytest.raises(FileNotFoundError, match="metadata.json: missing"):
+        dataset.SplitDataset(str(tmp_path / "nowhere"), 4)
+
+
+def test_synthetic_dataset_has_the_same_signature():
+    ds = dataset.SyntheticDataset(6, VOCAB, num_batches=9)
+    batches = list(ds)
+    assert len(ds) == len(batches) == 9
+    (dense, categorical), label = batches[-1]
+    assert dense.dtype.name == "float32" and dense.shape == (6, 13)
+    assert categorical.dtype.name == "int32" and categorical.shape == (6, 26)
+    assert (categorical.numpy() < np.asarray(VOCAB)).all() and (categorical.numpy() >= 0).all()
+    assert label.shape == (6, 1) and set(np.unique(label.numpy())) <= {0.0, 1.0}
+
+
+def test_reader_under_horovodrun(tmp_path, rng):
+    data_dir, raw = _make_split(tmp_path, rng, 77)
+    horovodrun(2, WORKER, data_dir, 5, tmp_path)
+    labels, ids = [], []
+    for rank in range(2):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        assert got["num_ranks"] == 2
+        ids.append(got["categorical"])
+        labels.append(got["label"])
+    # Evaluation mode: the two ranks together read every sample exactly once.
+    ids = np.concatenate(ids)
+    order = np.lexsort(ids.T[::-1])
+    expected = raw[:, 14:]
+    np.testing.assert_array_equal(ids[order], expected[np.lexsort(expected.T[::-1])])
+    assert len(ids) == 77
