@@ -41,7 +41,14 @@ CRITEO_TB_VOCAB_SIZES = (
     39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10,
     2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
 )
-VOCAB_PRESETS = {"criteo_tb": CRITEO_TB_VOCAB_SIZES}
+
+
+def scaled_vocab_sizes(sizes=CRITEO_TB_VOCAB_SIZES, factor=1000):
+    """Shrinks a vocabulary list for CPU runs: sizes above `factor` become max(factor, v // factor)."""
+    return tuple(v if v <= factor else max(factor, v // factor) for v in sizes)
+
+
+VOCAB_PRESETS = {"criteo_tb": CRITEO_TB_VOCAB_SIZES, "criteo_tb_scaled": scaled_vocab_sizes()}
 
 
 def category_file(feature):
@@ -49,7 +56,8 @@ def category_file(feature):
 
 
 def parse_vocab_sizes(value, expected_len=NUM_CATEGORICAL):
-    """'criteo_tb' | '[1, 2, ...]' | '1,2,...' -> tuple of positive ints. Never evaluates code."""
+    """A preset name (VOCAB_PRESETS) | '[1, 2, ...]' | '1,2,...' -> tuple of positive ints.
+    Never evaluates code."""
     text = value.strip()
     if text in VOCAB_PRESETS:
         sizes = VOCAB_PRESETS[text]
@@ -66,11 +74,6 @@ def parse_vocab_sizes(value, expected_len=NUM_CATEGORICAL):
         raise ValueError(f"vocab_sizes: expected {expected_len} entries (one per categorical "
                          f"feature), got {len(sizes)}")
     return tuple(sizes)
-
-
-def scaled_vocab_sizes(sizes=CRITEO_TB_VOCAB_SIZES, factor=1000):
-    """Shrinks a vocabulary list for CPU runs: sizes above `factor` become max(factor, v // factor)."""
-    return tuple(v if v <= factor else max(factor, v // factor) for v in sizes)
 
 
 def category_dtype(vocab_size):

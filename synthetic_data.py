@@ -118,14 +118,13 @@ def main(argv=None):
     parser.add_argument("out_dir")
     parser.add_argument("--train_samples", type=int, default=1 << 20)
     parser.add_argument("--test_samples", type=int, default=1 << 17)
-    parser.add_argument("--vocab_sizes", default="scaled",
-                        help="'scaled' (Criteo TB list shrunk for CPU runs), 'criteo_tb', "
-                             "or a JSON / comma-separated list of 26 sizes")
+    parser.add_argument("--vocab_sizes", default="criteo_tb_scaled",
+                        help="'criteo_tb_scaled' (the Criteo TB list shrunk for CPU runs), "
+                             "'criteo_tb', or a JSON / comma-separated list of 26 sizes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        vocab_sizes = (fmt.scaled_vocab_sizes() if args.vocab_sizes == "scaled"
-                       else fmt.parse_vocab_sizes(args.vocab_sizes))
+        vocab_sizes = fmt.parse_vocab_sizes(args.vocab_sizes)
     except ValueError as err:
         print(f"synthetic_data.py: error: {err}", file=sys.stderr)
         return 2
