@@ -1,0 +1,147 @@
+"""trainer.py: LR schedule against a by-hand table, loss scaling, non-finite loss, report."""
+
+import horovod.tensorflow as hvd
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import trainer as training
+
+hvd.init()
+
+
+def test_lr_schedule_by_hand():
+    schedule = training.LearningRateSchedule(24.0, warmup_steps=4, decay_start_step=10,
+                                             decay_steps=4)
+    by_hand = {0: 6.0, 1: 12.0, 2: 18.0, 3: 24.0, 4: 24.0, 9: 24.0,
+               10: 24.0, 11: 24.0 * (3 / 4) ** 2, 12: 24.0 * (2 / 4) ** 2, 13: 24.0 / 16,
+               14: 0.0, 15: 0.0, 100: 0.0, 10**6: 0.0}  # clamped: never rises again
+    for step, expected in by_hand.items():
+        got = float(schedule(tf.constant(step, tf.int64)))
+        assert got == pytest.approx(expected, abs=1e-5), step
+
+
+def test_schedule_steps_scale_with_the_batch():
+    default = training.LearningRateSchedule.for_global_batch(24.0, 55296)
+    assert (default.warmup_steps, default.decay_start_step, default.decay_steps) == \
+        (2750, 49315, 27772)
+    at_64k = training.LearningRateSchedule.for_global_batch(24.0, 65536)
+    # 2750 * 55296 / 65536 = 2320.3; 49315 * 0.84375 = 41609.5; 27772 * 0.84375 = 23432.6
+    assert (at_64k.warmup_steps, at_64k.decay_start_step, at_64k.decay_steps) == \
+        (2320, 41610, 23433)
+    assert training.scale_steps(training.REFERENCE_EVAL_INTERVAL, 65536) == 3200
+    with pytest.raises(ValueError, match="warmup_steps"):
+        training.LearningRateSchedule(1.0, 10, 5, 3)
+
+
+class _TableEmbedding:
+    """A one-rank stand-in with the embedding backends' interface: [B, F] -> [B, F, D]."""
+    name = "test"
+
+    def __init__(self, rows, dim):
+        self.table = tf.Variable(tf.random.stateless_uniform([rows, dim], [1, 2], -0.1, 0.1))
+        self.variables = [self.table]
+
+    def __call__(self, ids):
+        return tf.gather(self.table, ids)
+
+    def apply_gradients(self, grads, lr):
+        self.table.scatter_sub(tf.IndexedSlices(lr * grads[0].values, grads[0].indices))
+
+
+class _TinyModel(tf.keras.Model):
+    """logit = dense @ w + sum of the looked-up vectors' first component."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = _TableEmbedding(10, 2)
+        self.linear = tf.keras.layers.Dense(1)
+
+    def call(self, inputs, training=False):
+        dense, ids = inputs
+        vectors = tf.cast(self.embedding(ids), self.compute_dtype)
+        return tf.cast(self.linear(dense) + tf.reduce_sum(vectors[:, :, :1], axis=1), tf.float32)
+
+    @property
+    def embedding_variables(self):
+        return self.embedding.variables
+
+    @property
+    def dense_variables(self):
+        return self.linear.trainable_variables
+
+
+def _batch(dense_value=1.0):
+    dense = tf.fill([4, 3], dense_value)
+    ids = tf.constant([[0, 1], [2, 3], [4, 5], [1, 1]], tf.int32)
+    return (dense, ids), tf.constant([[1.0], [0.0], [1.0], [0.0]])
+
+
+def _snapshot(model):
+    return [v.numpy().copy() for v in model.dense_variables + model.embedding_variables]
+
+
+def test_loss_scaling_skips_a_step_on_an_injected_inf():
+    model = _TinyModel()
+    scale = training.DynamicLossScale(initial_scale=1024.0, growth_interval=2)
+    trainer = training.Trainer(model, lambda step: tf.constant(0.1), global_batch=4,
+                               loss_scale=scale)
+    features, label = _batch()
+    trainer.broadcast_dense_variables(features)
+    before = _snapshot(model)
+    trainer.train_step(*_batch(np.inf))
+    assert all((a == b).all() for a, b in zip(before, _snapshot(model)))  # skipped everywhere
+    assert float(scale.scale) == 512.0 and int(scale.skipped_steps) == 1
+    trainer.train_step(features, label)
+    assert not all((a == b).all() for a, b in zip(before, _snapshot(model)))  # applied
+    assert float(scale.scale) == 512.0
+    trainer.train_step(features, label)
+    assert float(scale.scale) == 1024.0  # grew after 2 finite steps in a row
+    assert int(scale.skipped_steps) == 1 and int(trainer.step) == 3
+
+
+def test_loss_scaled_update_equals_the_unscaled_one():
+    updates = []
+    for scale in [None, training.DynamicLossScale(initial_scale=2.0 ** 12)]:
+        tf.keras.utils.set_random_seed(3)
+        model = _TinyModel()
+        trainer = training.Trainer(model, lambda step: tf.constant(0.5), 4, loss_scale=scale)
+        trainer.broadcast_dense_variables(_batch()[0])
+        before = _snapshot(model)
+        trainer.train_step(*_batch())
+        updates.append([a - b for a, b in zip(_snapshot(model), before)])
+    for unscaled, scaled in zip(*updates):
+        np.testing.assert_allclose(scaled, unscaled, rtol=1e-5, atol=1e-7)
+        assert np.abs(unscaled).max() > 0
+
+
+def test_sgd_update_matches_a_by_hand_gradient():
+    model = _TinyModel()
+    trainer = training.Trainer(model, lambda step: tf.constant(0.5), global_batch=4)
+    (dense, ids), label = _batch()
+    trainer.broadcast_dense_variables((dense, ids))
+    kernel, bias = [v.numpy().astype(np.float64) for v in model.dense_variables]
+    table = model.embedding.table.numpy().astype(np.float64)
+    logits = dense.numpy() @ kernel + bias + table[ids.numpy(), 0].sum(1, keepdims=True)
+    residual = (1 / (1 + np.exp(-logits)) - label.numpy()) / 4  # d mean BCE / d logit
+    expected_table = table.copy()
+    np.subtract.at(expected_table[:, 0], ids.numpy().ravel(), 0.5 * np.repeat(residual, 2))
+    trainer.train_step((dense, ids), label)
+    np.testing.assert_allclose(model.dense_variables[0].numpy(),
+                               kernel - 0.5 * dense.numpy().T @ residual, rtol=1e-5)
+    np.testing.assert_allclose(model.dense_variables[1].numpy(), bias - 0.5 * residual.sum(0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(model.embedding.table.numpy(), expected_table, rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_nonfinite_fp32_loss_names_the_step():
+    model = _TinyModel()
+    trainer = training.Trainer(model, lambda step: tf.constant(0.1), global_batch=4)
+    trainer.broadcast_dense_variables(_batch()[0])
+    trainer.train_step(*_batch())
+    trainer.check_loss()
+    trainer.train_step(*_batch(np.nan))
+    trainer.train_step(*_batch())
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
+        trainer.check_loss()

@@ -1,0 +1,286 @@
+"""The training loop: one tf.function step, the LR schedule, loss scaling, evaluation, report.
+
+Data parallel for the dense layers (Horovod allreduce of their gradients), model parallel
+for the embedding tables (their gradients reach the owning rank through the embedding's
+own exchange and are applied there, never allreduced). The step minimises the mean loss
+over the whole global batch: each rank differentiates sum(local losses) / global_batch and
+the dense gradients are summed over ranks, so N ranks compute what one rank would with the
+same global batch.
+"""
+
+import time
+
+import horovod.tensorflow as hvd
+import tensorflow as tf
+
+from metrics import roc_auc
+
+REFERENCE_BATCH = 55296  # the batch the schedule's step counts are defined at
+REFERENCE_WARMUP_STEPS = 2750
+REFERENCE_DECAY_START_STEP = 49315
+REFERENCE_DECAY_STEPS = 27772
+REFERENCE_EVAL_INTERVAL = 3793
+
+
+def scale_steps(reference_steps, global_batch):
+    """Step count defined at batch 55296 -> the same number of samples at global_batch."""
+    return max(1, int(round(reference_steps * REFERENCE_BATCH / global_batch)))
+
+
+class LearningRateSchedule:
+    """Linear warmup, constant, polynomial decay, then held at 0.
+
+        step < warmup:                  base * (step + 1) / warmup
+        warmup <= step < decay_start:   base
+        decay_start <= step < end:      base * ((end - step) / decay_steps) ** power
+        step >= end:                    0       (end = decay_start + decay_steps)
+    """
+
+    def __init__(self, base_lr, warmup_steps, decay_start_step, decay_steps, power=2.0):
+        if not 0 <= warmup_steps <= decay_start_step or decay_steps <= 0:
+            raise ValueError(f"lr schedule: need 0 <= warmup_steps ({warmup_steps}) <= "
+                             f"decay_start_step ({decay_start_step}) and decay_steps "
+                             f"({decay_steps}) > 0")
+        self.base_lr = float(base_lr)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_start_step = int(decay_start_step)
+        self.decay_steps = int(decay_steps)
+        self.power = float(power)
+
+    @classmethod
+    def for_global_batch(cls, base_lr, global_batch, power=2.0):
+        """The MLPerf schedule with its step counts scaled to global_batch."""
+        return cls(base_lr, scale_steps(REFERENCE_WARMUP_STEPS, global_batch),
+                   scale_steps(REFERENCE_DECAY_START_STEP, global_batch),
+                   scale_steps(REFERENCE_DECAY_STEPS, global_batch), power)
+
+    def __call__(self, step):
+        """step: int64 scalar tensor -> float32 scalar lr."""
+        step = tf.cast(step, tf.float32)
+        warmup = self.base_lr * (step + 1.0) / max(self.warmup_steps, 1)
+        end = float(self.decay_start_step + self.decay_steps)
+        remaining = tf.clip_by_value((end - step) / self.decay_steps, 0.0, 1.0)
+        decay = self.base_lr * remaining ** self.power
+        return tf.where(step < self.warmup_steps, warmup,
+                        tf.where(step < self.decay_start_step, self.base_lr, decay))
+
+
+class DynamicLossScale:
+    """AMP loss scale: halves (and the step is skipped) on a non-finite gradient, doubles
+    after `growth_interval` finite steps in a row. All decisions are taken from a flag
+    summed over ranks, so every rank skips the same steps."""
+
+    def __init__(self, initial_scale=2.0 ** 15, growth_interval=2000, min_scale=1.0):
+        self.scale = tf.Variable(initial_scale, dtype=tf.float32, trainable=False)
+        self.finite_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.growth_interval = growth_interval
+        self.min_scale = min_scale
+
+    def update(self, all_finite):
+        """all_finite: bool scalar, identical on every rank."""
+        def grow_or_count():
+            grow = self.finite_steps + 1 >= self.growth_interval
+            self.scale.assign(tf.where(grow, self.scale * 2.0, self.scale))
+            self.finite_steps.assign(tf.where(grow, tf.constant(0, tf.int64),
+                                              self.finite_steps + 1))
+            return tf.constant(0)
+
+        def shrink():
+            self.scale.assign(tf.maximum(self.scale * 0.5, self.min_scale))
+            self.finite_steps.assign(0)
+            self.skipped_steps.assign_add(1)
+            return tf.constant(0)
+
+        tf.cond(all_finite, grow_or_count, shrink)
+
+
+def _all_finite(tensors):
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+def _values(grad):
+    return grad.values if isinstance(grad, tf.IndexedSlices) else grad
+
+
+def _scale_grad(grad, factor):
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values * factor, grad.indices, grad.dense_shape)
+    return grad * factor
+
+
+class Trainer:
+    """Owns the train and eval steps of `model` (a model.DLRM) on this Horovod rank.
+
+    lr_schedule: callable step -> lr. loss_scale: DynamicLossScale for AMP, or None.
+    allreduce_fp16: compress the dense gradients to fp16 for the allreduce.
+    """
+
+    def __init__(self, model, lr_schedule, global_batch, loss_scale=None, allreduce_fp16=False):
+        self.model = model
+        self.lr_schedule = lr_schedule
+        self.global_batch = global_batch
+        self.loss_scale = loss_scale
+        self.compression = hvd.Compression.fp16 if allreduce_fp16 else hvd.Compression.none
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.first_nonfinite_loss_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+
+    def broadcast_dense_variables(self, features):
+        """Builds the model on one batch and gives every rank rank 0's dense variables."""
+        self.model(features, training=False)
+        hvd.broadcast_variables(self.model.dense_variables, root_rank=0)
+
+    @tf.function
+    def train_step(self, features, label):
+        """features: (dense float32 [B, 13], categorical int32 [B, 26]); label float32 [B, 1].
+        Returns this rank's mean loss (float32 scalar)."""
+        dense_vars = self.model.dense_variables
+        embedding_vars = self.model.embedding_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(features, training=True)
+            losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits)
+            objective = tf.reduce_sum(losses) / self.global_batch
+            if self.loss_scale is not None:
+                objective = objective * self.loss_scale.scale
+        grads = tape.gradient(objective, dense_vars + embedding_vars)
+        dense_grads = hvd.grouped_allreduce(grads[:len(dense_vars)], op=hvd.Sum,
+                                            compression=self.compression)
+        embedding_grads = grads[len(dense_vars):]
+        if self.loss_scale is not None:
+            inverse = 1.0 / self.loss_scale.scale
+            dense_grads = [g * inverse for g in dense_grads]
+            embedding_grads = [_scale_grad(g, inverse) for g in embedding_grads]
+            local_bad = tf.cast(tf.logical_not(_all_finite(
+                dense_grads + [_values(g) for g in embedding_grads])), tf.float32)
+            all_finite = hvd.allreduce(local_bad, op=hvd.Sum, name="nonfinite_flag") == 0.0
+        else:
+            all_finite = tf.constant(True)
+        lr = self.lr_schedule(self.step)
+
+        def apply():
+            for var, grad in zip(dense_vars, dense_grads):
+                var.assign_sub(lr * grad)
+            self.model.embedding.apply_gradients(embedding_grads, lr)
+            return tf.constant(0)
+
+        tf.cond(all_finite, apply, lambda: tf.constant(0))
+        if self.loss_scale is not None:
+            self.loss_scale.update(all_finite)
+        mean_loss = tf.reduce_mean(losses)
+        record = tf.logical_and(tf.logical_not(tf.math.is_finite(mean_loss)),
+                                self.first_nonfinite_loss_step < 0)
+        self.first_nonfinite_loss_step.assign(
+            tf.where(record, self.step, self.first_nonfinite_loss_step))
+        self.step.assign_add(1)
+        return mean_loss
+
+    @tf.function(reduce_retracing=True)
+    def predict_step(self, features):
+        """-> click probability float32 [B]."""
+        return tf.reshape(tf.sigmoid(self.model(features, training=False)), [-1])
+
+    def evaluate(self, eval_dataset):
+        """Exact ROC AUC over the whole test set, every rank's slice gathered; same on all ranks."""
+        probabilities, labels = [], []
+        for features, label in eval_dataset:
+            probabilities.append(self.predict_step(features))
+            labels.append(tf.reshape(label, [-1]))
+        local_probabilities = tf.concat(probabilities, 0) if probabilities else tf.zeros([0])
+        local_labels = tf.concat(labels, 0) if labels else tf.zeros([0])
+        all_probabilities = hvd.allgather(local_probabilities).numpy()
+        all_labels = hvd.allgather(local_labels).numpy()
+        auc = roc_auc(all_labels, all_probabilities) if hvd.rank() == 0 else None
+        return hvd.broadcast_object(auc, root_rank=0), len(all_labels)
+
+    def check_loss(self):
+        """Raises FloatingPointError (on every rank alike) if any rank saw a non-finite loss."""
+        bad_step = int(hvd.allreduce(self.first_nonfinite_loss_step, op=hvd.Max,
+                                     name="nonfinite_loss_step"))
+        if bad_step >= 0:
+            raise FloatingPointError(f"non-finite loss at step {bad_step}; stopping "
+                                     f"(lower --lr, or use --amp's loss scaling)")
+
+
+def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_interval=None,
+        eval_in_last=False, auc_target=None, log_interval=100, log=print):
+    """Trains for `epochs` over train_dataset (or max_steps), evaluating every eval_interval
+    steps and/or at the end; stops when AUC >= auc_target. Returns the report dict."""
+    trainer.broadcast_dense_variables(next(iter(train_dataset))[0])
+    global_batch = trainer.global_batch
+    train_seconds = eval_seconds = 0.0
+    evaluations, target_step, steps = [], None, 0
+    run_start = time.perf_counter()
+
+    def run_eval():
+        nonlocal eval_seconds, target_step
+        start = time.perf_counter()
+        auc, num_samples = trainer.evaluate(eval_dataset)
+        eval_seconds += time.perf_counter() - start
+        evaluations.append({"step": steps, "auc": auc})
+        log(f"eval step {steps}: AUC {auc:.6f} over {num_samples} samples "
+            f"({time.perf_counter() - start:.1f} s)")
+        if auc_target is not None and target_step is None and auc >= auc_target:
+            target_step = steps
+        return target_step is not None
+
+    stop = False
+    for epoch in range(epochs):
+        segment_start, segment_steps = time.perf_counter(), 0
+        for features, label in train_dataset:
+            loss = trainer.train_step(features, label)
+            steps += 1
+            segment_steps += 1
+            last = max_steps is not None and steps >= max_steps
+            if steps % log_interval == 0 or last:
+                trainer.check_loss()
+                elapsed = time.perf_counter() - segment_start
+                log(f"epoch {epoch} step {steps}: loss {float(loss):.5f} "
+                    f"lr {float(trainer.lr_schedule(trainer.step - 1)):.4f} "
+                    f"{segment_steps * global_batch / elapsed:,.0f} samples/s")
+            if eval_interval and steps % eval_interval == 0 and eval_dataset is not None:
+                train_seconds += time.perf_counter() - segment_start
+                stop = run_eval()
+                segment_start, segment_steps = time.perf_counter(), 0
+            if stop or last:
+                break
+        trainer.check_loss()
+        train_seconds += time.perf_counter() - segment_start
+        if stop or (max_steps is not None and steps >= max_steps):
+            break
+    if eval_in_last and eval_dataset is not None and (not evaluations
+                                                      or evaluations[-1]["step"] != steps):
+        run_eval()
+    total_seconds = time.perf_counter() - run_start
+    skipped = int(trainer.loss_scale.skipped_steps.numpy()) if trainer.loss_scale else 0
+    return {
+        "num_ranks": hvd.size(),
+        "global_batch_size": global_batch,
+        "steps": steps,
+        "training_minutes": train_seconds / 60,
+        "evaluating_minutes": eval_seconds / 60,
+        "total_minutes": total_seconds / 60,
+        "ms_per_iteration": 1e3 * train_seconds / max(steps, 1),
+        "samples_per_second": steps * global_batch / train_seconds if train_seconds else 0.0,
+        "auc": evaluations[-1]["auc"] if evaluations else None,
+        "auc_target": auc_target,
+        "target_reached_at_step": target_step,
+        "evaluations": evaluations,
+        "skipped_steps": skipped,
+    }
+
+
+def format_report(report):
+    """The seed's table columns, plus AUC, the step the target was met and skipped steps."""
+    auc = "n/a" if report["auc"] is None else f"{report['auc']:.6f}"
+    lines = [
+        f"ranks {report['num_ranks']}, global batch {report['global_batch_size']}, "
+        f"steps {report['steps']}",
+        "training min | evaluating min | total min | ms/iter | samples/s",
+        f"{report['training_minutes']:.3f} | {report['evaluating_minutes']:.3f} | "
+        f"{report['total_minutes']:.3f} | {report['ms_per_iteration']:.2f} | "
+        f"{report['samples_per_second']:,.0f}",
+        f"AUC {auc} (target {report['auc_target']}, reached at step "
+        f"{report['target_reached_at_step']}), skipped steps {report['skipped_steps']}",
+    ]
+    return "\n".join(lines)
+
