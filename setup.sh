@@ -23,6 +23,6 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
     "$VENV/bin/python" -m pip install -q --no-cache-dir --no-build-isolation "horovod==$HOROVOD_VERSION"
 fi
-"$VENV/bin/python" -c "import tensorflow as tf, horovod.tensorflow as hvd; print('setup.sh: tensorflow', tf.__version__, 'horovod', hvd.__version__ if hasattr(hvd, '__version__') else '')"
+"$VENV/bin/python" -c "import tensorflow as tf, horovod, horovod.tensorflow; print('setup.sh: tensorflow', tf.__version__, 'horovod', horovod.__version__)"
 rm -f "$VENV"/.setup-*
 touch "$STAMP"
