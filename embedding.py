@@ -1,0 +1,204 @@
+"""Model-parallel embedding tables for DLRM: SOK 2.x, or TensorFlow + Horovod alltoall.
+
+Every backend maps categorical ids [B, F] (ids[:, f] in [0, vocab_sizes[f])) to float32
+vectors [B, F, D]. Its tables are row-sharded over the Horovod ranks; each rank holds only
+its own rows, its table gradients come back as tf.IndexedSlices of the local shard, and
+`apply_gradients` applies plain SGD to those rows. They are never allreduced.
+
+Initial values (both backends): the row of feature f holding id i has global row number
+offset[f] + i (offset = exclusive cumsum of vocab_sizes); the default draws it from
+uniform(-1/sqrt(vocab_sizes[f]), +1/sqrt(vocab_sizes[f])) (MLPerf's DLRM rule). The draws
+come from a stateless generator keyed by (seed, first global row of the block filled), so
+they are reproducible for one seed and one number of ranks, but differ between rank counts.
+An `initializer(global_rows int64 [n]) -> float32 [n, D]` replaces them (e.g. one that reads a
+full numpy table, to start runs on different rank counts from identical tables).
+
+Start-up order: hvd.init(), then pin the GPU, then create_embedding (the SOK backend calls
+sok.init() when it is constructed).
+"""
+
+import numpy as np
+import tensorflow as tf
+import horovod.tensorflow as hvd
+from absl import logging
+
+BACKENDS = ("auto", "sok", "tf")
+_INIT_BLOCK_ROWS = 1 << 20  # rows filled per initializer call in the tf backend
+
+
+def uniform_initializer(vocab_sizes, dim, seed=0):
+    """-> initializer(global_rows int64 [n]) -> float32 [n, D], uniform(+-1/sqrt(vocab_f))."""
+    ends = np.cumsum(vocab_sizes).astype(np.int64)
+    bounds = tf.constant(1.0 / np.sqrt(np.asarray(vocab_sizes, np.float64)), tf.float32)
+
+    def initializer(global_rows):
+        global_rows = tf.convert_to_tensor(global_rows, tf.int64)
+        features = tf.searchsorted(ends, global_rows, side="right")              # [n]
+        row_bounds = tf.gather(bounds, features)[:, tf.newaxis]                # [n, 1]
+        block_seed = tf.stack([tf.constant(seed, tf.int64), tf.reduce_min(global_rows)])
+        unit = tf.random.stateless_uniform([tf.size(global_rows), dim], seed=block_seed,
+                                           minval=-1.0, maxval=1.0)
+        return unit * row_bounds
+    return initializer
+
+
+def feature_offsets(vocab_sizes):
+    """[F] -> [F] int64: first global row of each feature's table (exclusive cumsum)."""
+    return np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
+
+
+def sharded_rows(total_rows, rank, num_ranks):
+    """Global rows held by `rank`: rank, rank + N, rank + 2N, ... (local row k = global // N)."""
+    return np.arange(rank, total_rows, num_ranks, dtype=np.int64)
+
+
+def _import_sok():
+    try:
+        import sparse_operation_kit as sok
+    except Exception as error:  # SOK raises a plain Exception when its library is missing
+        raise RuntimeError(
+            "the sok embedding backend needs SparseOperationKit 2.x (merlin-sok, GPU only), "
+            f"which failed to import: {error!r}. Use the tf backend instead.") from error
+    return sok
+
+
+def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0):
+    """Builds the tables of one embedding backend on this rank (after hvd.init()).
+
+    backend: "sok", "tf", or "auto" (sok when sparse_operation_kit imports, else tf).
+    compress: deduplicate the keys of a batch before the exchange (tf backend only).
+    initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        try:
+            _import_sok()
+            backend = "sok"
+        except RuntimeError as error:
+            if hvd.rank() == 0:
+                logging.info("embedding: %s", error)
+            backend = "tf"
+    if hvd.rank() == 0:
+        logging.info("embedding backend: %s (%d tables, %d rows, dim %d, %d ranks%s)", backend,
+                     len(vocab_sizes), sum(vocab_sizes), dim, hvd.size(),
+                     ", compress" if compress else "")
+    initializer = initializer or uniform_initializer(vocab_sizes, dim, seed)
+    embedding_class = SOKEmbedding if backend == "sok" else TFEmbedding
+    return embedding_class(vocab_sizes, dim, compress, initializer)
+
+
+class TFEmbedding(tf.Module):
+    """One fused table over all features, row-sharded over the ranks like SOK's variables.
+
+    Global row r = offset[f] + id lives on rank r % N at local row r // N. A lookup sends each
+    key to its owner (hvd.alltoall with splits), gathers there, and sends the vectors back;
+    the gradients take the same two exchanges in reverse to the owner's shard.
+    """
+
+    def __init__(self, vocab_sizes, dim, compress, initializer):
+        super().__init__(name="tf")
+        self.vocab_sizes = list(vocab_sizes)
+        self.dim = dim
+        self.compress = compress
+        self.num_ranks = hvd.size()
+        self._offsets = tf.constant(feature_offsets(vocab_sizes))
+        global_rows = sharded_rows(sum(vocab_sizes), hvd.rank(), self.num_ranks)
+        self.table = tf.Variable(tf.zeros([len(global_rows), dim], tf.float32),
+                                 name="embedding_table")
+        for start in range(0, len(global_rows), _INIT_BLOCK_ROWS):
+            block = global_rows[start:start + _INIT_BLOCK_ROWS]
+            self.table[start:start + len(block)].assign(
+                tf.cast(initializer(tf.constant(block)), tf.float32))
+
+    @property
+    def variables(self):
+        return [self.table]
+
+    def exclude_tables(self, variables):
+        tables = {table.ref() for table in self.variables}
+        return [v for v in variables if v.ref() not in tables]
+
+    def __call__(self, ids):
+        """ids int32 [B, F] -> float32 [B, F, D]."""
+        keys = tf.reshape(tf.cast(ids, tf.int64) + self._offsets, [-1])       # [B*F]
+        if self.compress:
+            keys, key_of_lookup = tf.unique(keys)                              # [U], [B*F]
+        owners = tf.cast(keys % self.num_ranks, tf.int32)
+        by_owner = tf.argsort(owners, stable=True)
+        send_splits = tf.math.bincount(owners, minlength=self.num_ranks,
+                                       maxlength=self.num_ranks, dtype=tf.int32)
+        received_keys, received_splits = hvd.alltoall(tf.gather(keys, by_owner),
+                                                      splits=send_splits)
+        local_vectors = tf.gather(self.table, received_keys // self.num_ranks)  # [R, D]
+        vectors_by_owner, _ = hvd.alltoall(local_vectors, splits=received_splits)
+        slot_of_key = tf.math.invert_permutation(by_owner)
+        if self.compress:
+            slot_of_key = tf.gather(slot_of_key, key_of_lookup)
+        # gather_nd (not gather): its gradient is dense, what the alltoall gradient takes.
+        vectors = tf.gather_nd(vectors_by_owner, slot_of_key[:, tf.newaxis])  # [B*F, D]
+        return tf.reshape(vectors, [-1, len(self.vocab_sizes), self.dim])
+
+    def apply_gradients(self, grads, lr):
+        """Plain SGD on the local rows: grads of self.variables (IndexedSlices), lr a scalar."""
+        for table, grad in zip(self.variables, grads):
+            lr = tf.cast(lr, table.dtype)
+            if isinstance(grad, tf.IndexedSlices):
+                table.scatter_sub(tf.IndexedSlices(grad.values * lr, grad.indices,
+                                                   grad.dense_shape))
+            else:
+                table.assign_sub(grad * lr)
+
+
+class SOKEmbedding(tf.Module):
+    """SOK 2.x: one row-sharded sok.Variable per feature, all looked up in one fused call.
+
+    Row i of feature f lives on rank i % N (SOK's "distributed" mode). Calls sok.init() on
+    construction, so it must come after hvd.init() and the GPU pinning.
+    """
+
+    def __init__(self, vocab_sizes, dim, compress, initializer):
+        super().__init__(name="sok")
+        if compress:
+            raise ValueError("compress is implemented by the tf embedding backend only; "
+                             "SOK's per-feature lookup_sparse takes every key of the batch")
+        self._sok = _import_sok()
+        self._sok.init()
+        self.vocab_sizes = list(vocab_sizes)
+        self.dim = dim
+        self.compress = compress
+        rank, num_ranks = hvd.rank(), hvd.size()
+        offsets = feature_offsets(vocab_sizes)
+
+        def table_initializer(offset):
+            def initialize(shape, dtype=tf.float32):  # SOK passes the local shard's shape
+                local_ids = rank + num_ranks * tf.range(shape[0], dtype=tf.int64)
+                return tf.cast(initializer(offset + local_ids), dtype)
+            return initialize
+
+        self.tables = [self._sok.Variable(shape=[vocab, dim], dtype=tf.float32,
+                                          initializer=table_initializer(int(offset)))
+                       for vocab, offset in zip(vocab_sizes, offsets)]
+        self._optimizer = self._sok.SGD(lr=0.0)
+
+    @property
+    def variables(self):
+        return list(self.tables)
+
+    def exclude_tables(self, variables):
+        _, others = self._sok.filter_variables(variables)
+        return others
+
+    def __call__(self, ids):
+        """ids int32 [B, F] -> float32 [B, F, D]."""
+        ids = tf.cast(ids, tf.int64)
+        per_feature = [tf.RaggedTensor.from_tensor(ids[:, f:f + 1])
+                       for f in range(len(self.tables))]
+        vectors = self._sok.lookup_sparse(self.tables, per_feature,
+                                          combiners=["sum"] * len(self.tables))
+        return tf.stack(vectors, axis=1)
+
+    def apply_gradients(self, grads, lr):
+        """sok.SGD on the local rows: grads of self.variables (IndexedSlices), lr a scalar."""
+        self._optimizer.lr.assign(tf.cast(lr, self._optimizer.lr.dtype))
+        return self._optimizer.apply_gradients(zip(grads, self.tables))

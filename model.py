@@ -1,0 +1,119 @@
+"""DLRM (MLPerf v1 configuration): bottom MLP, model-parallel embeddings, dot interaction, top MLP.
+
+    dense [B, 13] --bottom MLP--> [B, D] -+
+                                           +--> [B, 1 + F, D] --interaction--> [B, W] --top MLP--> [B, 1]
+    categorical [B, F] --embedding--> [B, F, D]
+
+with W = D + (1+F)*F/2 padded up to a multiple of 8 (128 + 351 + 1 = 480 for Criteo).
+
+Mixed precision: under the Keras policy mixed_float16 the dense layers and the interaction
+compute in float16, the embedding tables stay float32 (their vectors are cast after the
+lookup) and the logits are returned as float32.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+def interaction_width(num_features, dim):
+    """Output width of dot_interaction: D + F*(F-1)/2 rounded up to a multiple of 8."""
+    unpadded = dim + num_features * (num_features - 1) // 2
+    return -(-unpadded // 8) * 8
+
+
+def _lower_triangle_flat_indices(num_features):
+    """Flat indices i*F + j of the pairs (1,0), (2,0), (2,1), (3,0), ... of an [F, F] matrix."""
+    return np.array([i * num_features + j for i in range(num_features) for j in range(i)],
+                    dtype=np.int32)
+
+
+def dot_interaction(features):
+    """Pairwise dot products of the feature vectors, after the bottom-MLP vector.
+
+    [B, F, D] -> [B, D + F*(F-1)/2 padded with zeros to a multiple of 8]
+
+    Output row b: features[b, 0, :], then features[b, i] . features[b, j] for the strict lower
+    triangle in row-major order (1,0), (2,0), (2,1), (3,0), ..., then zeros. F and D must be
+    static; B may be anything, including 1. The dtype follows the input.
+    """
+    num_features, dim = features.shape[1], features.shape[2]
+    if num_features is None or dim is None:
+        raise ValueError(f"dot_interaction needs static F and D, got shape {features.shape}")
+    pair_indices = _lower_triangle_flat_indices(num_features)
+    gram = tf.matmul(features, features, transpose_b=True)              # [B, F, F]
+    flat_gram = tf.reshape(gram, [-1, num_features * num_features])     # [B, F*F]
+    pairs = tf.gather(flat_gram, pair_indices, axis=1)                  # [B, F*(F-1)/2]
+    padding = interaction_width(num_features, dim) - dim - len(pair_indices)
+    output = tf.concat([features[:, 0, :], pairs], axis=1)
+    return tf.pad(output, [[0, 0], [0, padding]])
+
+
+def _dense_layer(units, activation, seed):
+    return tf.keras.layers.Dense(
+        units,
+        activation=activation,
+        kernel_initializer=tf.keras.initializers.GlorotNormal(seed=seed),
+        bias_initializer=tf.keras.initializers.RandomNormal(stddev=math.sqrt(1.0 / units),
+                                                            seed=seed + 1))
+
+
+class DLRM(tf.keras.Model):
+    """DLRM over an embedding backend of embedding.py.
+
+    Args:
+      embedding: an object of embedding.create_embedding (tables for all categorical features).
+      vocab_sizes: rows of each categorical feature's table (F = len(vocab_sizes)).
+      bottom_mlp: widths of the bottom MLP, ReLU on every layer; the last must equal the
+        embedding dim.
+      top_mlp: widths of the top MLP, ReLU on all but the last (the logit, width 1).
+      interaction: callable [B, 1 + F, D] -> [B, W] with dot_interaction's layout (e.g. the
+        custom op custom_interact.dot_interact).
+      seed: seed of the dense layers' initialisers (layer k uses seeds 2k and 2k + 1).
+
+    call((dense float32 [B, 13], categorical int32 [B, F])) -> logits float32 [B, 1]
+    """
+
+    def __init__(self, embedding, vocab_sizes, bottom_mlp=(512, 256, 128),
+                 top_mlp=(1024, 1024, 512, 256, 1), interaction=dot_interaction, seed=0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if bottom_mlp[-1] != embedding.dim:
+            raise ValueError(f"the last bottom MLP width ({bottom_mlp[-1]}) must equal the "
+                             f"embedding dim ({embedding.dim})")
+        if list(embedding.vocab_sizes) != list(vocab_sizes):
+            raise ValueError(f"the embedding's vocab_sizes {list(embedding.vocab_sizes)} differ "
+                             f"from the model's {list(vocab_sizes)}")
+        if top_mlp[-1] != 1:
+            raise ValueError(f"the last top MLP width must be 1 (the logit), got {top_mlp[-1]}")
+        self.embedding = embedding
+        self.vocab_sizes = list(vocab_sizes)
+        self.interaction = interaction
+        seeds = iter(range(seed, seed + 2 * (len(bottom_mlp) + len(top_mlp)), 2))
+        self.bottom_layers = [_dense_layer(units, "relu", next(seeds)) for units in bottom_mlp]
+        self.top_layers = [_dense_layer(units, "relu" if k < len(top_mlp) - 1 else None,
+                                        next(seeds))
+                           for k, units in enumerate(top_mlp)]
+
+    def call(self, inputs, training=False):
+        dense, categorical = inputs
+        bottom = dense
+        for layer in self.bottom_layers:
+            bottom = layer(bottom)                                      # [B, D]
+        vectors = tf.cast(self.embedding(categorical), bottom.dtype)    # [B, F, D]
+        features = tf.concat([bottom[:, tf.newaxis, :], vectors], axis=1)  # [B, 1 + F, D]
+        top = self.interaction(features)                                # [B, W]
+        for layer in self.top_layers:
+            top = layer(top)
+        return tf.cast(top, tf.float32)                                 # [B, 1]
+
+    @property
+    def embedding_variables(self):
+        """The embedding tables (local shards): updated by embedding.apply_gradients only."""
+        return list(self.embedding.variables)
+
+    @property
+    def dense_variables(self):
+        """Every other trainable variable (data parallel: gradients allreduced)."""
+        return self.embedding.exclude_tables(self.trainable_variables)

@@ -1,0 +1,189 @@
+"""embedding.py: the tf backend on 1, 2 and 4 ranks against numpy; the sok backend on a stand-in."""
+
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import horovod.tensorflow as hvd
+
+from conftest import horovodrun
+import embedding
+import embedding_worker as worker
+import model
+
+WORKER = os.path.join(os.path.dirname(__file__), "embedding_worker.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_rank():
+    hvd.init()  # this process alone: one rank
+
+
+def _reference_step(full_table, ids, weights):
+    """float64 numpy: the global rows of ids, and the table after one SGD step on
+    loss = sum(table[rows] * weights) (every occurrence of a row adds its weights)."""
+    rows = ids.astype(np.int64) + embedding.feature_offsets(worker.VOCAB_SIZES)
+    table = full_table.astype(np.float64)
+    gradient = np.zeros_like(table)
+    np.add.at(gradient, rows.reshape(-1), weights.reshape(-1, worker.DIM).astype(np.float64))
+    return table[rows], table - worker.LEARNING_RATE * gradient
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{num_ranks: {compress: [per-rank npz dict]}} from horovodrun -np 1, 2 and 4."""
+    results = {}
+    for num_ranks in (1, 2, 4):
+        out_dir = tmp_path_factory.mktemp(f"np{num_ranks}")
+        horovodrun(num_ranks, WORKER, out_dir, timeout=240)
+        results[num_ranks] = {
+            compress: [dict(np.load(out_dir / f"rank{r}_compress{int(compress)}.npz"))
+                       for r in range(num_ranks)]
+            for compress in (False, True)}
+    return results
+
+
+@pytest.mark.parametrize("num_ranks", [1, 2, 4])
+@pytest.mark.parametrize("compress", [False, True])
+def test_tf_backend_matches_numpy(runs, num_ranks, compress):
+    full_table, ids, weights = worker.global_problem()
+    expected_vectors, expected_table = _reference_step(full_table, ids, weights)
+    total_rows = sum(worker.VOCAB_SIZES)
+    ranks = runs[num_ranks][compress]
+    updated_table = np.full((total_rows, worker.DIM), np.nan)
+    for rank, result in enumerate(ranks):
+        assert str(result["name"]) == "tf"
+        # Only this rank's rows r = rank, rank + N, ...: shape and values.
+        own_rows = np.arange(rank, total_rows, num_ranks)
+        assert result["initial_shard"].shape == (len(own_rows), worker.DIM)
+        np.testing.assert_array_equal(result["initial_shard"], full_table[own_rows])
+        # Lookup of the local slice of the global batch, eager and in a tf.function.
+        local = slice(rank * worker.GLOBAL_BATCH // num_ranks,
+                      (rank + 1) * worker.GLOBAL_BATCH // num_ranks)
+        np.testing.assert_array_equal(result["eager_output"], expected_vectors[local])
+        np.testing.assert_array_equal(result["function_output"], expected_vectors[local])
+        assert list(result["gradient_types"]) == ["IndexedSlices"]
+        updated_table[own_rows] = result["updated_shard"]
+    # The union of the shards is the numpy update of the full table.
+    np.testing.assert_allclose(updated_table, expected_table, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_ranks", [1, 2, 4])
+def test_compress_changes_nothing(runs, num_ranks):
+    """Lookups are bit-identical; updates differ at most by the rounding of summing a row's
+    duplicate gradients in another order (compress sums them before the exchange)."""
+    for plain, compressed in zip(runs[num_ranks][False], runs[num_ranks][True]):
+        for key in ("eager_output", "function_output"):
+            np.testing.assert_array_equal(plain[key], compressed[key])
+        np.testing.assert_allclose(plain["updated_shard"], compressed["updated_shard"],
+                                   rtol=0, atol=1e-6)
+
+
+def test_default_initializer_bounds_per_feature():
+    vocab_sizes = [4, 100, 1]
+    init = embedding.uniform_initializer(vocab_sizes, dim=64, seed=3)
+    values = init(tf.range(sum(vocab_sizes), dtype=tf.int64)).numpy()
+    assert values.shape == (105, 64) and values.dtype == np.float32
+    for rows, vocab in [(slice(0, 4), 4), (slice(4, 104), 100), (slice(104, 105), 1)]:
+        bound = 1 / np.sqrt(vocab)
+        assert np.abs(values[rows]).max() <= bound
+        assert np.abs(values[rows]).max() > 0.8 * bound  # spread over the whole range
+    np.testing.assert_array_equal(values, init(tf.range(105, dtype=tf.int64)).numpy())
+
+
+def test_bad_backend_and_missing_sok(monkeypatch):
+    with pytest.raises(ValueError, match="backend"):
+        embedding.create_embedding("keras", [3], 2)
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", None)  # import fails
+    with pytest.raises(RuntimeError, match="SparseOperationKit"):
+        embedding.create_embedding("sok", [3], 2)
+    assert embedding.create_embedding("auto", [3], 2).name == "tf"
+
+
+class _StandInSOK(types.ModuleType):
+    """The part of SOK 2.x that the sok backend uses, on plain TF variables, recording calls."""
+
+    def __init__(self):
+        super().__init__("sparse_operation_kit")
+        self.init_calls = 0
+        self.lookup_calls = []
+        self.sgd_updates = []
+        self.tables = []
+        stand_in = self
+
+        class SGD:
+            def __init__(self, lr):
+                self.lr = tf.Variable(lr)
+
+            def apply_gradients(self, grads_and_vars):
+                grads_and_vars = list(grads_and_vars)
+                stand_in.sgd_updates.append((float(self.lr.numpy()), grads_and_vars))
+                for grad, table in grads_and_vars:
+                    table.scatter_sub(tf.IndexedSlices(grad.values * self.lr, grad.indices))
+
+        self.SGD = SGD
+
+    def init(self):
+        self.init_calls += 1
+
+    def Variable(self, shape, initializer, dtype):  # one rank: the shard is the whole table
+        table = tf.Variable(initializer(shape=tuple(shape), dtype=dtype))
+        self.tables.append(table)
+        return table
+
+    def lookup_sparse(self, params, sp_ids, combiners):
+        self.lookup_calls.append((list(params), list(sp_ids), list(combiners)))
+        return [tf.gather(table, ids.values) for table, ids in zip(params, sp_ids)]
+
+    def filter_variables(self, variables):
+        tables = {table.ref() for table in self.tables}
+        return ([v for v in variables if v.ref() in tables],
+                [v for v in variables if v.ref() not in tables])
+
+
+def test_sok_backend_on_a_stand_in(monkeypatch):
+    sok = _StandInSOK()
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
+    vocab_sizes, dim = [3, 5, 2], 4
+    full_table = np.random.default_rng(0).standard_normal((10, dim)).astype(np.float32)
+    emb = embedding.create_embedding("auto", vocab_sizes, dim,
+                                     initializer=lambda rows: tf.gather(full_table, rows))
+    assert emb.name == "sok" and sok.init_calls == 1
+    np.testing.assert_array_equal(emb.variables[1].numpy(), full_table[3:8])  # global rows
+
+    dlrm = model.DLRM(emb, vocab_sizes, bottom_mlp=(8, dim), top_mlp=(8, 1))
+    ids = np.array([[0, 4, 1], [2, 4, 0]], np.int32)
+    inputs = (tf.zeros([2, 13]), tf.constant(ids))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(dlrm(inputs))
+    assert len(sok.lookup_calls) == 1  # all features in one fused call
+    params, sp_ids, combiners = sok.lookup_calls[0]
+    assert [p.ref() for p in params] == [t.ref() for t in sok.tables]
+    assert combiners == ["sum"] * 3
+    for f, ragged in enumerate(sp_ids):
+        assert ragged.dtype == tf.int64
+        np.testing.assert_array_equal(ragged.to_list(), ids[:, f:f + 1])
+    table_refs = {t.ref() for t in sok.tables}
+    assert {v.ref() for v in dlrm.embedding_variables} == table_refs
+    assert not table_refs & {v.ref() for v in dlrm.dense_variables}
+    assert len(dlrm.dense_variables) + 3 == len(dlrm.trainable_variables)
+
+    before = [t.numpy() for t in sok.tables]
+    grads = tape.gradient(loss, dlrm.embedding_variables)
+    emb.apply_gradients(grads, tf.constant(0.25))
+    lr, grads_and_vars = sok.sgd_updates[0]
+    assert lr == 0.25
+    assert [v.ref() for _, v in grads_and_vars] == [t.ref() for t in sok.tables]
+    for (grad, table), old in zip(grads_and_vars, before):
+        assert isinstance(grad, tf.IndexedSlices)
+        dense_grad = tf.convert_to_tensor(grad).numpy()
+        np.testing.assert_allclose(table.numpy(), old - 0.25 * dense_grad, rtol=1e-6)
+
+
+def test_sok_backend_refuses_compress(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", _StandInSOK())
+    with pytest.raises(ValueError, match="compress"):
+        embedding.create_embedding("sok", [3], 2, compress=True)
