@@ -70,7 +70,8 @@ class DLRM(tf.keras.Model):
       top_mlp: widths of the top MLP, ReLU on all but the last (the logit, width 1).
       interaction: callable [B, 1 + F, D] -> [B, W] with dot_interaction's layout (e.g. the
         custom op custom_interact.dot_interact).
-      seed: seed of the dense layers' initialisers (layer k uses seeds 2k and 2k + 1).
+      seed: seed of the dense initialisers (layer k, counted over bottom then top: kernel
+        seed + 2k, bias seed + 2k + 1).
 
     call((dense float32 [B, 13], categorical int32 [B, F])) -> logits float32 [B, 1]
     """
@@ -90,10 +91,11 @@ class DLRM(tf.keras.Model):
         self.embedding = embedding
         self.vocab_sizes = list(vocab_sizes)
         self.interaction = interaction
-        seeds = iter(range(seed, seed + 2 * (len(bottom_mlp) + len(top_mlp)), 2))
-        self.bottom_layers = [_dense_layer(units, "relu", next(seeds)) for units in bottom_mlp]
+        self.bottom_layers = [_dense_layer(units, "relu", seed + 2 * k)
+                              for k, units in enumerate(bottom_mlp)]
+        top_seed = seed + 2 * len(bottom_mlp)
         self.top_layers = [_dense_layer(units, "relu" if k < len(top_mlp) - 1 else None,
-                                        next(seeds))
+                                        top_seed + 2 * k)
                            for k, units in enumerate(top_mlp)]
 
     def call(self, inputs, training=False):

@@ -157,11 +157,14 @@ def test_amp_keeps_tables_and_logits_float32():
     try:
         dlrm = _tiny_dlrm()
         dense, categorical = _inputs(3)
-        logits = dlrm((tf.constant(dense), tf.constant(categorical)))
+        with tf.GradientTape() as tape:
+            logits = dlrm((tf.constant(dense), tf.constant(categorical)))
+        table_grad, = tape.gradient(logits, dlrm.embedding_variables)
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
     assert logits.dtype == tf.float32 and logits.shape == (3, 1)
     assert dlrm.embedding.table.dtype == tf.float32
+    assert isinstance(table_grad, tf.IndexedSlices) and table_grad.dtype == tf.float32
     for layer in dlrm.bottom_layers + dlrm.top_layers:
         assert layer.compute_dtype == "float16" and layer.kernel.dtype == tf.float32
     np.testing.assert_allclose(logits.numpy(), _numpy_dlrm(dlrm, dense, categorical),
