@@ -27,7 +27,8 @@ from metrics import roc_auc
 CHUNK_SAMPLES = 1 << 18
 SKEW = 3.0
 BIAS = -1.0
-ID_WEIGHT_SCALE = 0.35
+ID_WEIGHT_SCALE = 0.5
+RARE_ID_SCALE = 100.0
 DENSE_LOG_MEAN = np.linspace(-0.5, 3.0, fmt.NUM_DENSE)
 DENSE_LOG_STD = np.linspace(1.0, 2.0, fmt.NUM_DENSE)
 DENSE_WEIGHT = np.linspace(-0.12, 0.12, fmt.NUM_DENSE)
@@ -45,8 +46,11 @@ def _hash_uniform(seed, feature, ids):
 
 
 def id_weights(seed, feature, ids):
-    """Hidden per-id logit contribution, uniform in +-ID_WEIGHT_SCALE*sqrt(3) (unit variance x scale)."""
-    return ID_WEIGHT_SCALE * np.sqrt(3.0) * (2.0 * _hash_uniform(seed, feature, ids) - 1.0)
+    """Hidden per-id logit contribution: uniform with standard deviation ID_WEIGHT_SCALE,
+    shrunk for rare ids by (1 + id / RARE_ID_SCALE) ** -0.5, as rare ids in click logs carry
+    less signal."""
+    spread = ID_WEIGHT_SCALE * np.sqrt(3.0) / np.sqrt(1.0 + ids / RARE_ID_SCALE)
+    return spread * (2.0 * _hash_uniform(seed, feature, ids) - 1.0)
 
 
 def true_probability(seed, dense, ids):
