@@ -1,0 +1,182 @@
+"""Trains DLRM on Criteo Terabyte (or synthetic data) with Horovod; prints the report.
+
+    horovodrun -np 8 ./hvd_wrapper.sh python3 main.py --data_dir=$DATA \
+        --global_batch_size=65536 --xla --amp --custom_interact --eval_in_last
+
+$DATA holds train/ and test/ in the split format (split_bin.py). Every flag of the
+program is defined here; the modules take plain arguments.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+# The seed's flags.
+flags.DEFINE_string("data_dir", None, "Directory with train/ and test/ in the split format.")
+flags.DEFINE_integer("global_batch_size", 65536, "Samples per step over all ranks.")
+flags.DEFINE_bool("amp", False, "Mixed precision (float16 dense path, dynamic loss scaling).")
+flags.DEFINE_bool("xla", False, "XLA auto-clustering (TF_XLA_FLAGS=--tf_xla_auto_jit=fusible).")
+flags.DEFINE_bool("compress", False, "Unique keys before the embedding exchange.")
+flags.DEFINE_bool("custom_interact", False, "Dot interaction by the custom op (custom_interact/).")
+flags.DEFINE_bool("eval_in_last", False, "Evaluate once after training.")
+flags.DEFINE_bool("use_synthetic_dataset", False, "Random batches, no files (profiling).")
+flags.DEFINE_integer("early_stop", -1, "Stop after this many training steps (-1: no limit).")
+flags.DEFINE_integer("epochs", 1, "Passes over the training set.")
+flags.DEFINE_float("lr", 24.0, "Base learning rate (plain SGD, dense and embeddings).")
+# Model and embeddings.
+flags.DEFINE_enum("embedding", "auto", ["auto", "sok", "tf"],
+                  "Model-parallel tables: SOK 2.x, TensorFlow + hvd.alltoall, or sok if it imports.")
+flags.DEFINE_integer("embedding_dim", 128, "Embedding vector size.")
+flags.DEFINE_list("bottom_mlp", ["512", "256", "128"], "Bottom MLP widths (last = embedding_dim).")
+flags.DEFINE_list("top_mlp", ["1024", "1024", "512", "256", "1"], "Top MLP widths (last = 1).")
+flags.DEFINE_string("vocab_sizes", None,
+                    "Vocabularies for --use_synthetic_dataset: criteo_tb, criteo_tb_scaled, or a "
+                    "list (default criteo_tb). With --data_dir they come from metadata.json.")
+flags.DEFINE_integer("seed", 0, "Seed of the dense initialisation (broadcast from rank 0).")
+# Schedule and evaluation (step counts default to MLPerf's at batch 55296, scaled).
+flags.DEFINE_integer("warmup_steps", None, "LR warmup steps (default 2750 * 55296 / batch).")
+flags.DEFINE_integer("decay_start_step", None, "First step of the LR decay (default 49315 scaled).")
+flags.DEFINE_integer("decay_steps", None, "Steps of the polynomial decay (default 27772 scaled).")
+flags.DEFINE_integer("eval_interval", None,
+                     "Evaluate every this many steps (default 3793 scaled; 0: never during training).")
+flags.DEFINE_float("auc_target", 0.8025, "Stop once the test AUC reaches this.")
+flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
+flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
+flags.DEFINE_bool("allreduce_fp16", False, "Compress dense gradients to float16 for the allreduce.")
+flags.DEFINE_integer("synthetic_steps", 1000, "Steps per epoch of --use_synthetic_dataset.")
+flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_synthetic_dataset.")
+flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
+
+
+def _xla_flags():
+    """TF_XLA_FLAGS for --xla, set before TensorFlow starts. On CPU, auto-clustering also
+    needs --tf_xla_cpu_global_jit (it has no effect on GPU clusters)."""
+    existing = os.environ.get("TF_XLA_FLAGS", "")
+    return " ".join(f for f in [existing, "--tf_xla_auto_jit=fusible",
+                                "--tf_xla_cpu_global_jit"] if f)
+
+
+def _pin_gpu(tf, hvd):
+    """One GPU per rank (by local rank, unless hvd_wrapper.sh already left one), memory
+    growth; returns a description of the device."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU (no GPU visible)"
+    gpu = gpus[hvd.local_rank() % len(gpus)] if len(gpus) > 1 else gpus[0]
+    tf.config.set_visible_devices(gpu, "GPU")
+    tf.config.experimental.set_memory_growth(gpu, True)
+    return gpu.name
+
+
+def _int_list(name, values):
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--{name}: expected a comma-separated list of integers, "
+                             f"got {','.join(values)!r}") from None
+
+
+def main(argv):
+    del argv
+    if FLAGS.xla:
+        os.environ["TF_XLA_FLAGS"] = _xla_flags()
+    if FLAGS.data_dir is None and not FLAGS.use_synthetic_dataset:
+        raise app.UsageError("give --data_dir (train/ and test/ made by split_bin.py) or "
+                             "--use_synthetic_dataset")
+
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    import data_format as fmt
+    import dataset
+    import embedding
+    import model as dlrm
+    import trainer as training
+
+    hvd.init()
+    device = _pin_gpu(tf, hvd)
+    world = hvd.size()
+    if FLAGS.global_batch_size % world:
+        raise app.UsageError(f"--global_batch_size={FLAGS.global_batch_size} does not divide "
+                             f"by the number of ranks ({world})")
+    batch = FLAGS.global_batch_size // world
+    say = print if hvd.rank() == 0 else (lambda *a, **k: None)
+    say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
+
+    if FLAGS.use_synthetic_dataset:
+        try:
+            vocab_sizes = fmt.parse_vocab_sizes(FLAGS.vocab_sizes or "criteo_tb")
+        except ValueError as err:
+            raise app.UsageError(f"--{err}") from None
+        train_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_steps,
+                                              seed=hvd.rank())
+        eval_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_eval_steps,
+                                             seed=world + hvd.rank())
+    else:
+        try:
+            train_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "train"), batch,
+                                              hvd.rank(), world, training=True,
+                                              prefetch=FLAGS.prefetch)
+            eval_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "test"), batch,
+                                             hvd.rank(), world, training=False,
+                                             prefetch=FLAGS.prefetch)
+        except (OSError, ValueError) as err:
+            raise app.UsageError(str(err)) from None
+        vocab_sizes = train_data.vocab_sizes
+        if eval_data.vocab_sizes != vocab_sizes:
+            raise app.UsageError(f"{FLAGS.data_dir}: train/ and test/ metadata.json disagree "
+                                 f"on vocab_sizes")
+        if FLAGS.vocab_sizes is not None:
+            raise app.UsageError("--vocab_sizes is for --use_synthetic_dataset; with "
+                                 "--data_dir the vocabularies come from metadata.json")
+
+    if FLAGS.amp:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    interaction = dlrm.dot_interaction
+    if FLAGS.custom_interact:
+        import custom_interact
+        interaction = custom_interact.dot_interact
+    try:
+        tables = embedding.create_embedding(FLAGS.embedding, vocab_sizes, FLAGS.embedding_dim,
+                                            compress=FLAGS.compress, seed=FLAGS.seed)
+        model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=_int_list("bottom_mlp", FLAGS.bottom_mlp),
+                          top_mlp=_int_list("top_mlp", FLAGS.top_mlp), interaction=interaction,
+                          seed=FLAGS.seed)
+    except (ValueError, ImportError, RuntimeError) as err:  # RuntimeError: SOK missing
+        raise app.UsageError(str(err)) from None
+    say(f"embedding backend {tables.name}, compress {FLAGS.compress}, amp {FLAGS.amp}, "
+        f"xla {FLAGS.xla}, interaction {'custom op' if FLAGS.custom_interact else 'tf'}")
+
+    def scaled(value, reference):
+        return training.scale_steps(reference, FLAGS.global_batch_size) if value is None else value
+
+    schedule = training.LearningRateSchedule(
+        FLAGS.lr, scaled(FLAGS.warmup_steps, training.REFERENCE_WARMUP_STEPS),
+        scaled(FLAGS.decay_start_step, training.REFERENCE_DECAY_START_STEP),
+        scaled(FLAGS.decay_steps, training.REFERENCE_DECAY_STEPS))
+    loss_scale = training.DynamicLossScale() if FLAGS.amp else None
+    trainer = training.Trainer(model, schedule, FLAGS.global_batch_size, loss_scale=loss_scale,
+                               allreduce_fp16=FLAGS.allreduce_fp16)
+    try:
+        report = training.fit(
+            trainer, train_data, eval_data, epochs=FLAGS.epochs,
+            max_steps=FLAGS.early_stop if FLAGS.early_stop > 0 else None,
+            eval_interval=scaled(FLAGS.eval_interval, training.REFERENCE_EVAL_INTERVAL),
+            eval_in_last=FLAGS.eval_in_last, auc_target=FLAGS.auc_target,
+            log_interval=FLAGS.log_interval, log=lambda line: say(line, flush=True))
+    except FloatingPointError as err:
+        say(f"error: {err}", file=sys.stderr)
+        return 3
+    report.update(embedding=tables.name, compress=FLAGS.compress, amp=FLAGS.amp, xla=FLAGS.xla,
+                  custom_interact=FLAGS.custom_interact, device=device)
+    say(training.format_report(report), flush=True)
+    if FLAGS.results_json and hvd.rank() == 0:
+        fmt.write_json_atomic(FLAGS.results_json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,109 @@
+"""End to end: model parallelism is exact over 1, 2 and 4 ranks, --compress changes nothing,
+main.py learns the synthetic signal, the CI smoke run and main.py's errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, VENV_BIN, horovodrun
+import split_bin
+import synthetic_data
+
+WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
+VOCAB = [7, 300, 41, 2, 90, 1000] + [13, 29, 3, 55, 120, 17, 9, 64, 200, 31, 5, 77,
+                                     11, 150, 23, 8, 44, 6, 19, 250]
+
+
+@pytest.fixture(scope="module")
+def small_split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    synthetic_data.generate(str(root / "raw"), 64 * 25, 100, VOCAB, seed=3)
+    split_bin.split(str(root / "raw" / "train_data.bin"), str(root / "train"), VOCAB,
+                    progress_stream=None)
+    return str(root / "train")
+
+
+def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path):
+    runs = {}
+    for num_ranks, compress in [(1, 0), (2, 0), (4, 0), (2, 1)]:
+        out = tmp_path / f"np{num_ranks}_c{compress}.npz"
+        horovodrun(num_ranks, WORKER, small_split, out, 20, 64, compress)
+        runs[num_ranks, compress] = np.load(out)
+    reference = runs[1, 0]
+    assert np.isfinite(reference["losses"]).all()
+    initial_table = np.random.default_rng(5).uniform(-0.5, 0.5, reference["table"].shape)
+    assert np.abs(reference["table"] - initial_table).max() > 1e-3  # the tables were trained
+    assert reference["losses"][-5:].mean() < reference["losses"][:5].mean()  # it trains
+    for key, run in runs.items():
+        np.testing.assert_allclose(run["losses"], reference["losses"], rtol=2e-5, err_msg=str(key))
+        np.testing.assert_allclose(run["table"], reference["table"], atol=2e-5, err_msg=str(key))
+        for name in reference.files:
+            if name.startswith("dense_"):
+                np.testing.assert_allclose(run[name], reference[name], atol=2e-5,
+                                           err_msg=f"{key} {name}")
+        # Each rank holds only its rows: ceil(total / N) at most.
+        assert run["shard_rows"] <= math.ceil(sum(VOCAB) / key[0]), key
+
+
+def _main(*flags, num_ranks=2, timeout=900):
+    cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo", "-H",
+           f"localhost:{num_ranks}", os.path.join(ROOT, "hvd_wrapper.sh"), sys.executable,
+           os.path.join(ROOT, "main.py"), *flags]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_learns_the_synthetic_signal_on_2_ranks(tmp_path):
+    """Two epochs of 2M synthetic samples reach within 0.03 of the best AUC the data allows
+    (measured: 0.822 against 0.839)."""
+    info = synthetic_data.generate(str(tmp_path / "raw"), 2_000_000, 200_000,
+                                   synthetic_data.fmt.VOCAB_PRESETS["criteo_tb_scaled"], seed=0)
+    for name in ["train", "test"]:
+        split_bin.split(str(tmp_path / "raw" / f"{name}_data.bin"), str(tmp_path / name),
+                        info["vocab_sizes"], progress_stream=None)
+    results = tmp_path / "report.json"
+    proc = _main(f"--data_dir={tmp_path}", "--global_batch_size=4096", "--epochs=2", "--lr=2",
+                 "--embedding_dim=16", "--bottom_mlp=64,16", "--top_mlp=64,32,1",
+                 "--warmup_steps=50", "--decay_start_step=900", "--decay_steps=564",
+                 "--eval_interval=0", "--eval_in_last", "--auc_target=1.0",
+                 f"--results_json={results}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.load(open(results))
+    assert report["steps"] == 2 * (2_000_000 // 4096)
+    assert info["best_test_auc"] - 0.03 <= report["auc"] <= info["best_test_auc"] + 0.005
+
+
+def test_ci_smoke_synthetic_dataset(tmp_path):
+    results = tmp_path / "report.json"
+    proc = _main("--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512",
+                 "--vocab_sizes=criteo_tb_scaled", "--embedding_dim=16",
+                 "--bottom_mlp=64,16", "--top_mlp=64,32,1", "--log_interval=10",
+                 "--eval_in_last", "--embedding=auto", f"--results_json={results}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "training min | evaluating min | total min | ms/iter | samples/s" in proc.stdout
+    assert "embedding backend tf" in proc.stdout  # auto falls back to tf without SOK
+    report = json.load(open(results))
+    assert report["steps"] == 20 and report["num_ranks"] == 2
+    assert report["samples_per_second"] > 0 and 0.0 <= report["auc"] <= 1.0
+    assert report["ms_per_iteration"] == pytest.approx(
+        1e3 * 60 * report["training_minutes"] / 19, rel=1e-6)  # the first step is apart
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--use_synthetic_dataset", "--global_batch_size=513"], "does not divide by the number of ranks"),
+    (["--data_dir=/nonexistent"], "/nonexistent/train/metadata.json: missing"),
+    (["--use_synthetic_dataset", "--vocab_sizes=1,2"], "expected 26 entries"),
+    (["--use_synthetic_dataset", "--embedding=sok"], "sparse_operation_kit"),
+    (["--use_synthetic_dataset", "--bottom_mlp=64,32"], "must equal the embedding dim"),
+])
+def test_bad_flags_give_clear_errors(flags, message):
+    proc = _main(*flags, "--vocab_sizes=criteo_tb_scaled" if "--vocab_sizes=1,2" not in flags
+                 and "--data_dir=/nonexistent" not in flags else "--log_interval=10")
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr, proc.stdout + proc.stderr
