@@ -66,7 +66,8 @@ def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None
     """Builds the tables of one embedding backend on this rank (after hvd.init()).
 
     backend: "sok", "tf", or "auto" (sok when sparse_operation_kit imports, else tf).
-    compress: deduplicate the keys of a batch before the exchange (tf backend only).
+    compress: deduplicate the keys of a batch before the exchange (the sok backend then
+      uses one fused table, see SOKEmbedding).
     initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
     """
     if backend not in BACKENDS:
@@ -151,17 +152,16 @@ class TFEmbedding(tf.Module):
 
 
 class SOKEmbedding(tf.Module):
-    """SOK 2.x: one row-sharded sok.Variable per feature, all looked up in one fused call.
+    """SOK 2.x: row-sharded sok.Variables ("distributed" mode), looked up in one fused call.
 
-    Row i of feature f lives on rank i % N (SOK's "distributed" mode). Calls sok.init() on
-    construction, so it must come after hvd.init() and the GPU pinning.
+    Without compress: one sok.Variable per feature; row i of feature f lives on rank i % N.
+    With compress: one fused sok.Variable over all features (global row offset[f] + id on
+    rank r % N, the tf backend's layout), looked up with the batch's unique keys only.
+    Calls sok.init() on construction, so it must come after hvd.init() and the GPU pinning.
     """
 
     def __init__(self, vocab_sizes, dim, compress, initializer):
         super().__init__(name="sok")
-        if compress:
-            raise ValueError("compress is implemented by the tf embedding backend only; "
-                             "SOK's per-feature lookup_sparse takes every key of the batch")
         self._sok = _import_sok()
         self._sok.init()
         self.vocab_sizes = list(vocab_sizes)
@@ -169,16 +169,19 @@ class SOKEmbedding(tf.Module):
         self.compress = compress
         rank, num_ranks = hvd.rank(), hvd.size()
         offsets = feature_offsets(vocab_sizes)
+        self._offsets = tf.constant(offsets)
 
         def table_initializer(offset):
             def initialize(shape, dtype=tf.float32):  # SOK passes the local shard's shape
-                local_ids = rank + num_ranks * tf.range(shape[0], dtype=tf.int64)
-                return tf.cast(initializer(offset + local_ids), dtype)
+                local_rows = rank + num_ranks * tf.range(shape[0], dtype=tf.int64)
+                return tf.cast(initializer(offset + local_rows), dtype)
             return initialize
 
-        self.tables = [self._sok.Variable(shape=[vocab, dim], dtype=tf.float32,
+        shapes_offsets = ([(sum(vocab_sizes), 0)] if compress
+                          else list(zip(vocab_sizes, offsets)))
+        self.tables = [self._sok.Variable(shape=[rows, dim], dtype=tf.float32,
                                           initializer=table_initializer(int(offset)))
-                       for vocab, offset in zip(vocab_sizes, offsets)]
+                       for rows, offset in shapes_offsets]
         self._optimizer = self._sok.SGD(lr=0.0)
 
     @property
@@ -192,10 +195,17 @@ class SOKEmbedding(tf.Module):
     def __call__(self, ids):
         """ids int32 [B, F] -> float32 [B, F, D]."""
         ids = tf.cast(ids, tf.int64)
-        per_feature = [tf.RaggedTensor.from_tensor(ids[:, f:f + 1])
-                       for f in range(len(self.tables))]
+        num_features = len(self.vocab_sizes)
+        if self.compress:
+            keys, key_of_lookup = tf.unique(tf.reshape(ids + self._offsets, [-1]))  # [U], [B*F]
+            unique_vectors, = self._sok.lookup_sparse(
+                self.tables, [tf.RaggedTensor.from_tensor(keys[:, tf.newaxis])],
+                combiners=["sum"])                                                  # [U, D]
+            vectors = tf.gather(unique_vectors, key_of_lookup)                     # [B*F, D]
+            return tf.reshape(vectors, [-1, num_features, self.dim])
+        per_feature = [tf.RaggedTensor.from_tensor(ids[:, f:f + 1]) for f in range(num_features)]
         vectors = self._sok.lookup_sparse(self.tables, per_feature,
-                                          combiners=["sum"] * len(self.tables))
+                                          combiners=["sum"] * num_features)
         return tf.stack(vectors, axis=1)
 
     def apply_gradients(self, grads, lr):

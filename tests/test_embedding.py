@@ -183,7 +183,27 @@ def test_sok_backend_on_a_stand_in(monkeypatch):
         np.testing.assert_allclose(table.numpy(), old - 0.25 * dense_grad, rtol=1e-6)
 
 
-def test_sok_backend_refuses_compress(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sparse_operation_kit", _StandInSOK())
-    with pytest.raises(ValueError, match="compress"):
-        embedding.create_embedding("sok", [3], 2, compress=True)
+def test_sok_backend_compress_uses_one_fused_table_and_unique_keys(monkeypatch):
+    sok = _StandInSOK()
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
+    vocab_sizes, dim = [3, 5, 2], 4
+    full_table = np.random.default_rng(1).standard_normal((10, dim)).astype(np.float32)
+    emb = embedding.create_embedding("sok", vocab_sizes, dim, compress=True,
+                                     initializer=lambda rows: tf.gather(full_table, rows))
+    assert len(sok.tables) == 1 and sok.tables[0].shape == (10, dim)
+    ids = np.array([[0, 4, 1], [2, 4, 1], [0, 4, 0]], np.int32)
+    vectors = emb(tf.constant(ids))
+    global_rows = ids + np.array([0, 3, 8])
+    np.testing.assert_array_equal(vectors.numpy(), full_table[global_rows])
+    (params, sp_ids, combiners), = sok.lookup_calls
+    keys = sp_ids[0].values.numpy()
+    assert sorted(keys) == sorted(set(global_rows.ravel()))  # each key once
+    assert combiners == ["sum"]
+
+    weights = np.random.default_rng(2).standard_normal((3, 3, dim)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(emb(tf.constant(ids)) * weights)
+    emb.apply_gradients(tape.gradient(loss, emb.variables), tf.constant(0.5))
+    expected = full_table.astype(np.float64)
+    np.subtract.at(expected, global_rows.ravel(), 0.5 * weights.reshape(-1, dim))
+    np.testing.assert_allclose(sok.tables[0].numpy(), expected, rtol=1e-6, atol=1e-6)
