@@ -136,16 +136,16 @@ def main(argv):
     if FLAGS.amp:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     interaction = dlrm.dot_interaction
-    if FLAGS.custom_interact:
-        import custom_interact
-        interaction = custom_interact.dot_interact
     try:
+        if FLAGS.custom_interact:
+            import custom_interact
+            interaction = custom_interact.dot_interact
         tables = embedding.create_embedding(FLAGS.embedding, vocab_sizes, FLAGS.embedding_dim,
                                             compress=FLAGS.compress, seed=FLAGS.seed)
         model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=_int_list("bottom_mlp", FLAGS.bottom_mlp),
                           top_mlp=_int_list("top_mlp", FLAGS.top_mlp), interaction=interaction,
                           seed=FLAGS.seed)
-    except (ValueError, ImportError, RuntimeError) as err:  # RuntimeError: SOK missing
+    except (ValueError, ImportError, OSError, RuntimeError) as err:  # op or SOK missing
         raise app.UsageError(str(err)) from None
     say(f"embedding backend {tables.name}, compress {FLAGS.compress}, amp {FLAGS.amp}, "
         f"xla {FLAGS.xla}, interaction {'custom op' if FLAGS.custom_interact else 'tf'}")

@@ -40,6 +40,10 @@ def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path
     assert np.abs(reference["table"] - initial_table).max() > 1e-3  # the tables were trained
     assert reference["losses"][-5:].mean() < reference["losses"][:5].mean()  # it trains
     for key, run in runs.items():
+        assert len(set(run["start_checksums"])) == 1, key  # ranks start equal (broadcast)
+        assert run["start_checksums"][0] == reference["start_checksums"][0], key
+        assert run["eval_samples"] == 64 * 25, key  # every sample evaluated once
+        assert abs(run["eval_auc"] - reference["eval_auc"]) < 1e-6, key
         np.testing.assert_allclose(run["losses"], reference["losses"], rtol=2e-5, err_msg=str(key))
         np.testing.assert_allclose(run["table"], reference["table"], atol=2e-5, err_msg=str(key))
         for name in reference.files:
@@ -93,6 +97,21 @@ def test_ci_smoke_synthetic_dataset(tmp_path):
     assert report["samples_per_second"] > 0 and 0.0 <= report["auc"] <= 1.0
     assert report["ms_per_iteration"] == pytest.approx(
         1e3 * 60 * report["training_minutes"] / 19, rel=1e-6)  # the first step is apart
+
+
+def test_hvd_wrapper_pins_the_local_rank():
+    wrapper = os.path.join(ROOT, "hvd_wrapper.sh")
+    base = {k: v for k, v in os.environ.items() if k not in (
+        "CUDA_VISIBLE_DEVICES", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
+        "HOROVOD_LOCAL_RANK")}
+    for extra, expected in [({"OMPI_COMM_WORLD_LOCAL_RANK": "3"}, "3"),
+                            ({"SLURM_LOCALID": "2"}, "2"),
+                            ({"HOROVOD_LOCAL_RANK": "1"}, "1"),
+                            ({"HOROVOD_LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "5,6"}, "5,6"),
+                            ({}, "unset")]:
+        out = subprocess.run([wrapper, "sh", "-c", "echo ${CUDA_VISIBLE_DEVICES-unset}"],
+                             env=dict(base, **extra), capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, extra
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,6 +1,7 @@
 """Run under horovodrun by test_training.py: trains a tiny DLRM for a few steps from a fixed
-initial state and saves, on rank 0, the global loss of every step and the final parameters
-(dense variables and the whole embedding table gathered from the shards)."""
+initial state and saves, on rank 0, the global loss of every step, the final parameters
+(dense variables and the whole embedding table gathered from the shards), every rank's
+dense-variable checksum after the broadcast, and the evaluation AUC over the training file."""
 
 import sys
 
@@ -24,16 +25,24 @@ full_table = np.random.default_rng(5).uniform(-0.5, 0.5, (sum(data.vocab_sizes),
 tables = embedding.create_embedding(
     "tf", data.vocab_sizes, dim, compress=compress,
     initializer=lambda rows: tf.gather(tf.constant(full_table, tf.float32), rows))
-net = dlrm.DLRM(tables, data.vocab_sizes, bottom_mlp=(16, dim), top_mlp=(16, 8, 1), seed=0)
+# A different dense initialisation on every rank: only the broadcast from rank 0 makes the
+# runs agree with the one-rank run (seed 0).
+net = dlrm.DLRM(tables, data.vocab_sizes, bottom_mlp=(16, dim), top_mlp=(16, 8, 1), seed=rank)
 schedule = training.LearningRateSchedule(2.0, warmup_steps=3, decay_start_step=8, decay_steps=10)
 trainer = training.Trainer(net, schedule, global_batch)
 trainer.broadcast_dense_variables(next(iter(data))[0])
+start_checksums = hvd.allgather(tf.reshape(tf.add_n(
+    [tf.reduce_sum(tf.cast(v, tf.float64)) for v in net.dense_variables]), [1])).numpy()
 
 losses = []
 batches = iter(data)
 for _ in range(steps):
     features, label = next(batches)
     losses.append(float(hvd.allreduce(trainer.train_step(features, label), op=hvd.Average)))
+
+# Evaluation over the same file with a batch that leaves a remainder spread over the ranks.
+eval_auc, eval_samples = trainer.evaluate(
+    dataset.SplitDataset(data_dir, 7, rank, world, training=False))
 
 shard = net.embedding_variables[0]
 local_rows = np.arange(shard.shape[0]) * world + rank  # row r lives on rank r % N at r // N
@@ -45,4 +54,5 @@ if rank == 0:
     table[rows[valid]] = values[valid]
     assert np.bincount(rows[valid], minlength=len(full_table)).max() == 1
     np.savez(out_path, losses=np.array(losses), table=table, shard_rows=shard.shape[0],
+             start_checksums=start_checksums, eval_auc=eval_auc, eval_samples=eval_samples,
              **{f"dense_{i}": v.numpy() for i, v in enumerate(net.dense_variables)})
