@@ -83,9 +83,10 @@ def test_learns_the_synthetic_signal_on_2_ranks(tmp_path):
     assert info["best_test_auc"] - 0.03 <= report["auc"] <= info["best_test_auc"] + 0.005
 
 
-def test_ci_smoke_synthetic_dataset(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--amp", "--compress", "--xla", "--allreduce_fp16"]])
+def test_ci_smoke_synthetic_dataset(tmp_path, options):
     results = tmp_path / "report.json"
-    proc = _main("--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512",
+    proc = _main(*options, "--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512",
                  "--vocab_sizes=criteo_tb_scaled", "--embedding_dim=16",
                  "--bottom_mlp=64,16", "--top_mlp=64,32,1", "--log_interval=10",
                  "--eval_in_last", "--embedding=auto", f"--results_json={results}")
@@ -94,6 +95,7 @@ def test_ci_smoke_synthetic_dataset(tmp_path):
     assert "embedding backend tf" in proc.stdout  # auto falls back to tf without SOK
     report = json.load(open(results))
     assert report["steps"] == 20 and report["num_ranks"] == 2
+    assert report["amp"] == ("--amp" in options) and report["compress"] == ("--compress" in options)
     assert report["samples_per_second"] > 0 and 0.0 <= report["auc"] <= 1.0
     assert report["ms_per_iteration"] == pytest.approx(
         1e3 * 60 * report["training_minutes"] / 19, rel=1e-6)  # the first step is apart
