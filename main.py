@@ -81,6 +81,7 @@ def _int_list(name, values):
 
 def main(argv):
     del argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines off, warnings on
     if FLAGS.xla:
         os.environ["TF_XLA_FLAGS"] = _xla_flags()
     if FLAGS.data_dir is None and not FLAGS.use_synthetic_dataset:
