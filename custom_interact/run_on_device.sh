@@ -31,5 +31,5 @@ status=0
   echo "== harness"
   python3 harness.py --out "$OUT" || status=1
   echo "run_on_device status $status"
+  exit $status
 } 2>&1 | tee "$OUT/log.txt"
-exit $status
