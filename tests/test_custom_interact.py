@@ -19,8 +19,9 @@ def ci():
     cuda = "0"
     if os.path.exists(MODE_FILE):  # keep the mode of an earlier build; make redoes stale parts
         cuda = open(MODE_FILE).read().split()[0].split("=")[1]
-    subprocess.run(["make", "-s", "-C", OP_DIR, f"CUDA={cuda}"], check=True,
-                   capture_output=True)
+    proc = subprocess.run(["make", "-s", "-C", OP_DIR, f"CUDA={cuda}"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, f"building the op failed:\n{proc.stdout}\n{proc.stderr}"
     import custom_interact
     return custom_interact
 
