@@ -140,6 +140,7 @@ def main(argv):
     try:
         if FLAGS.custom_interact:
             import custom_interact
+            custom_interact.load_ops()  # a missing build fails here, with the build command
             interaction = custom_interact.dot_interact
         tables = embedding.create_embedding(FLAGS.embedding, vocab_sizes, FLAGS.embedding_dim,
                                             compress=FLAGS.compress, seed=FLAGS.seed)

@@ -30,6 +30,22 @@ def horovodrun(num_ranks, script, *args, timeout=600):
     return proc
 
 
+@pytest.fixture(scope="session")
+def built_custom_interact():
+    """The custom_interact module with its op library built (CPU-only unless an earlier build
+    chose CUDA: build/mode keeps the mode, and make redoes only stale parts)."""
+    op_dir = os.path.join(ROOT, "custom_interact")
+    mode_file = os.path.join(op_dir, "build", "mode")
+    cuda = "0"
+    if os.path.exists(mode_file):
+        cuda = open(mode_file).read().split()[0].split("=")[1]
+    proc = subprocess.run(["make", "-s", "-C", op_dir, f"CUDA={cuda}"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, f"building the op failed:\n{proc.stdout}\n{proc.stderr}"
+    import custom_interact
+    return custom_interact
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -1,29 +1,13 @@
 """custom_interact's TF op on the CPU against a float64 numpy reference and model.dot_interaction."""
 
-import os
-import subprocess
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
-
-OP_DIR = os.path.join(ROOT, "custom_interact")
-MODE_FILE = os.path.join(OP_DIR, "build", "mode")
-
 
 @pytest.fixture(scope="module")
-def ci():
-    """The custom_interact module with its op library built (CPU-only unless built otherwise)."""
-    cuda = "0"
-    if os.path.exists(MODE_FILE):  # keep the mode of an earlier build; make redoes stale parts
-        cuda = open(MODE_FILE).read().split()[0].split("=")[1]
-    proc = subprocess.run(["make", "-s", "-C", OP_DIR, f"CUDA={cuda}"], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, f"building the op failed:\n{proc.stdout}\n{proc.stderr}"
-    import custom_interact
-    return custom_interact
+def ci(built_custom_interact):
+    return built_custom_interact
 
 
 def ref_forward(x):

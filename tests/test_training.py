@@ -83,8 +83,9 @@ def test_learns_the_synthetic_signal_on_2_ranks(tmp_path):
     assert info["best_test_auc"] - 0.03 <= report["auc"] <= info["best_test_auc"] + 0.005
 
 
-@pytest.mark.parametrize("options", [[], ["--amp", "--compress", "--xla", "--allreduce_fp16"]])
-def test_ci_smoke_synthetic_dataset(tmp_path, options):
+@pytest.mark.parametrize("options", [[], ["--amp", "--compress", "--xla", "--allreduce_fp16"],
+                                     ["--custom_interact", "--amp"]])
+def test_ci_smoke_synthetic_dataset(tmp_path, options, built_custom_interact):
     results = tmp_path / "report.json"
     proc = _main(*options, "--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512",
                  "--vocab_sizes=criteo_tb_scaled", "--embedding_dim=16",
@@ -96,6 +97,7 @@ def test_ci_smoke_synthetic_dataset(tmp_path, options):
     report = json.load(open(results))
     assert report["steps"] == 20 and report["num_ranks"] == 2
     assert report["amp"] == ("--amp" in options) and report["compress"] == ("--compress" in options)
+    assert report["custom_interact"] == ("--custom_interact" in options)
     assert report["samples_per_second"] > 0 and 0.0 <= report["auc"] <= 1.0
     assert report["ms_per_iteration"] == pytest.approx(
         1e3 * 60 * report["training_minutes"] / 19, rel=1e-6)  # the first step is apart
