@@ -84,13 +84,6 @@ def category_dtype(vocab_size):
     raise ValueError(f"vocab size {vocab_size} does not fit int64")
 
 
-def transform_dense(raw):
-    """int32 [n, 13] raw dense values -> DENSE_TRANSFORM as float16 [n, 13]."""
-    shifted = np.add(raw, 3, dtype=np.float32)
-    np.log(shifted, out=shifted)
-    return shifted.astype(DENSE_DTYPE)
-
-
 def file_layout(num_samples, vocab_sizes):
     """name -> (dtype, shape) of every data file of the split format."""
     layout = {LABEL_FILE: (LABEL_DTYPE, (num_samples,)),

@@ -50,6 +50,12 @@ def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise InputError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: exists and is not a directory")
+    real_raw, real_out = os.path.realpath(raw_path), os.path.realpath(out_dir)
+    if os.path.commonpath([real_raw, real_out]) == real_out:
+        raise InputError(f"{raw_path}: the input lies inside OUT_DIR {out_dir}, which "
+                         f"--overwrite would delete; choose another OUT_DIR")
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -200,7 +206,7 @@ def main(argv=None):
         vocab_sizes = fmt.parse_vocab_sizes(args.vocab_sizes, expected_len=None)
         meta = split(args.raw_file, args.out_dir, vocab_sizes, overwrite=args.overwrite,
                      chunk_samples=args.chunk_samples)
-    except (InputError, ValueError) as err:
+    except (InputError, ValueError, OSError) as err:
         print(f"split_bin.py: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

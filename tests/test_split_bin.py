@@ -134,3 +134,14 @@ def test_parse_vocab_sizes_never_evaluates():
     for bad in ["__import__('os').getcwd()", "[1, 2.5]", "[0, 1]", "[true, 1]", "1,,2"]:
         with pytest.raises(ValueError, match="vocab_sizes"):
             fmt.parse_vocab_sizes(bad, expected_len=None)
+
+
+def test_overwrite_never_deletes_the_input(tmp_path, rng):
+    write_raw(tmp_path / "raw.bin", *_random_raw(rng, 10))
+    digest = _digest(tmp_path / "raw.bin")
+    for out_dir in [tmp_path, tmp_path / "raw.bin"]:
+        with pytest.raises(split_bin.InputError, match="inside OUT_DIR|not a directory"):
+            split_bin.split(str(tmp_path / "raw.bin"), str(out_dir), VOCAB, overwrite=True,
+                            progress_stream=None)
+    assert _digest(tmp_path / "raw.bin") == digest
+    assert sorted(os.listdir(tmp_path)) == ["raw.bin"]
