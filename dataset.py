@@ -35,31 +35,35 @@ def batch_ranges(num_samples, batch_size, rank, num_ranks, drop_remainder):
     return ranges
 
 
+def _prefetch(items, make_batch, out, stop):
+    """Thread body: puts make_batch(item) for each item on `out`, then StopIteration (or the
+    error raised). Holds no reference to its _Prefetcher, so an abandoned one is collected
+    and its __del__ stops this thread."""
+    try:
+        for item in items:
+            batch = make_batch(item)
+            while not stop.is_set():
+                try:
+                    out.put(batch, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            if stop.is_set():
+                return
+    except BaseException as err:  # re-raised in the consumer
+        out.put(err)
+        return
+    out.put(StopIteration())
+
+
 class _Prefetcher:
     """Iterates make_batch(item) for item in items, `depth` batches ahead in a thread."""
 
     def __init__(self, items, make_batch, depth):
         self._queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(items, make_batch), daemon=True)
-        self._thread.start()
-
-    def _run(self, items, make_batch):
-        try:
-            for item in items:
-                batch = make_batch(item)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if self._stop.is_set():
-                    return
-        except BaseException as err:  # re-raised in the consumer
-            self._queue.put(err)
-            return
-        self._queue.put(StopIteration())
+        threading.Thread(target=_prefetch, args=(items, make_batch, self._queue, self._stop),
+                         daemon=True).start()
 
     def __iter__(self):
         return self
@@ -72,11 +76,8 @@ class _Prefetcher:
             raise item
         return item
 
-    def close(self):
-        self._stop.set()
-
     def __del__(self):
-        self.close()
+        self._stop.set()
 
 
 class SplitDataset:

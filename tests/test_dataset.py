@@ -75,6 +75,24 @@ def test_values_and_types_match_the_raw_file(tmp_path, rng):
                                                    rtol=1e-3)
 
 
+def test_an_abandoned_iterator_stops_its_thread(tmp_path, rng):
+    import gc
+    import threading
+    import time
+    data_dir, _ = _make_split(tmp_path, rng, 200)
+    ds = dataset.SplitDataset(data_dir, 4, prefetch=2)
+    before = threading.active_count()
+    batches = iter(ds)
+    next(batches)
+    assert threading.active_count() == before + 1
+    del batches
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
+
+
 def test_errors(tmp_path, rng):
     data_dir, _ = _make_split(tmp_path, rng, 50)
     with pytest.raises(ValueError, match="global batch 64 .* larger than the dataset"):
