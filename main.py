@@ -21,7 +21,8 @@ flags.DEFINE_bool("amp", False, "Mixed precision (float16 dense path, dynamic lo
 flags.DEFINE_bool("xla", False, "XLA auto-clustering (TF_XLA_FLAGS=--tf_xla_auto_jit=fusible).")
 flags.DEFINE_bool("compress", False, "Unique keys before the embedding exchange.")
 flags.DEFINE_bool("custom_interact", False, "Dot interaction by the custom op (custom_interact/).")
-flags.DEFINE_bool("eval_in_last", False, "Evaluate once after training.")
+flags.DEFINE_bool("eval_in_last", False, "Evaluate after training (and, unless --eval_interval "
+                  "is given, only then).")
 flags.DEFINE_bool("use_synthetic_dataset", False, "Random batches, no files (profiling).")
 flags.DEFINE_integer("early_stop", -1, "Stop after this many training steps (-1: no limit).")
 flags.DEFINE_integer("epochs", 1, "Passes over the training set.")
@@ -41,7 +42,8 @@ flags.DEFINE_integer("warmup_steps", None, "LR warmup steps (default 2750 * 5529
 flags.DEFINE_integer("decay_start_step", None, "First step of the LR decay (default 49315 scaled).")
 flags.DEFINE_integer("decay_steps", None, "Steps of the polynomial decay (default 27772 scaled).")
 flags.DEFINE_integer("eval_interval", None,
-                     "Evaluate every this many steps (default 3793 scaled; 0: never during training).")
+                     "Evaluate every this many steps (0: never during training). Default: 0 "
+                     "with --eval_in_last, else 3793 * 55296 / global_batch_size.")
 flags.DEFINE_float("auc_target", 0.8025, "Stop once the test AUC reaches this.")
 flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
 flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
@@ -49,14 +51,19 @@ flags.DEFINE_bool("allreduce_fp16", False, "Compress dense gradients to float16 
 flags.DEFINE_integer("synthetic_steps", 1000, "Steps per epoch of --use_synthetic_dataset.")
 flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_synthetic_dataset.")
 flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
+flags.register_validator("log_interval", lambda v: v >= 1, "--log_interval must be >= 1")
+flags.register_validator("epochs", lambda v: v >= 1, "--epochs must be >= 1")
+flags.register_validator("eval_interval", lambda v: v is None or v >= 0,
+                         "--eval_interval must be >= 0")
 
 
 def _xla_flags():
-    """TF_XLA_FLAGS for --xla, set before TensorFlow starts. On CPU, auto-clustering also
-    needs --tf_xla_cpu_global_jit (it has no effect on GPU clusters)."""
-    existing = os.environ.get("TF_XLA_FLAGS", "")
-    return " ".join(f for f in [existing, "--tf_xla_auto_jit=fusible",
-                                "--tf_xla_cpu_global_jit"] if f)
+    """TF_XLA_FLAGS for --xla, set before TensorFlow starts: the seed's auto-clustering, plus
+    --tf_xla_cpu_global_jit (which CPU clustering needs) where no NVIDIA driver is loaded."""
+    flags_ = [os.environ.get("TF_XLA_FLAGS", ""), "--tf_xla_auto_jit=fusible"]
+    if not os.path.exists("/proc/driver/nvidia/version"):
+        flags_.append("--tf_xla_cpu_global_jit")
+    return " ".join(f for f in flags_ if f)
 
 
 def _pin_gpu(tf, hvd):
@@ -69,6 +76,16 @@ def _pin_gpu(tf, hvd):
     tf.config.set_visible_devices(gpu, "GPU")
     tf.config.experimental.set_memory_growth(gpu, True)
     return gpu.name
+
+
+def _eval_interval(training):
+    """--eval_interval, else 0 with --eval_in_last (evaluate at the end only, as the seed),
+    else 3793 steps scaled from batch 55296."""
+    if FLAGS.eval_interval is not None:
+        return FLAGS.eval_interval
+    if FLAGS.eval_in_last:
+        return 0
+    return training.scale_steps(training.REFERENCE_EVAL_INTERVAL, FLAGS.global_batch_size)
 
 
 def _int_list(name, values):
@@ -152,13 +169,9 @@ def main(argv):
     say(f"embedding backend {tables.name}, compress {FLAGS.compress}, amp {FLAGS.amp}, "
         f"xla {FLAGS.xla}, interaction {'custom op' if FLAGS.custom_interact else 'tf'}")
 
-    def scaled(value, reference):
-        return training.scale_steps(reference, FLAGS.global_batch_size) if value is None else value
-
-    schedule = training.LearningRateSchedule(
-        FLAGS.lr, scaled(FLAGS.warmup_steps, training.REFERENCE_WARMUP_STEPS),
-        scaled(FLAGS.decay_start_step, training.REFERENCE_DECAY_START_STEP),
-        scaled(FLAGS.decay_steps, training.REFERENCE_DECAY_STEPS))
+    schedule = training.LearningRateSchedule.for_global_batch(
+        FLAGS.lr, FLAGS.global_batch_size, FLAGS.warmup_steps, FLAGS.decay_start_step,
+        FLAGS.decay_steps)
     loss_scale = training.DynamicLossScale() if FLAGS.amp else None
     trainer = training.Trainer(model, schedule, FLAGS.global_batch_size, loss_scale=loss_scale,
                                allreduce_fp16=FLAGS.allreduce_fp16)
@@ -166,7 +179,7 @@ def main(argv):
         report = training.fit(
             trainer, train_data, eval_data, epochs=FLAGS.epochs,
             max_steps=FLAGS.early_stop if FLAGS.early_stop > 0 else None,
-            eval_interval=scaled(FLAGS.eval_interval, training.REFERENCE_EVAL_INTERVAL),
+            eval_interval=_eval_interval(training),
             eval_in_last=FLAGS.eval_in_last, auc_target=FLAGS.auc_target,
             log_interval=FLAGS.log_interval, log=lambda line: say(line, flush=True))
     except FloatingPointError as err:

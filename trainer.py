@@ -8,6 +8,7 @@ the dense gradients are summed over ranks, so N ranks compute what one rank woul
 same global batch.
 """
 
+import math
 import time
 
 import horovod.tensorflow as hvd
@@ -48,11 +49,14 @@ class LearningRateSchedule:
         self.power = float(power)
 
     @classmethod
-    def for_global_batch(cls, base_lr, global_batch, power=2.0):
-        """The MLPerf schedule with its step counts scaled to global_batch."""
-        return cls(base_lr, scale_steps(REFERENCE_WARMUP_STEPS, global_batch),
-                   scale_steps(REFERENCE_DECAY_START_STEP, global_batch),
-                   scale_steps(REFERENCE_DECAY_STEPS, global_batch), power)
+    def for_global_batch(cls, base_lr, global_batch, warmup_steps=None, decay_start_step=None,
+                         decay_steps=None, power=2.0):
+        """The MLPerf schedule, its step counts scaled to global_batch unless given."""
+        def scaled(steps, reference):
+            return scale_steps(reference, global_batch) if steps is None else steps
+        return cls(base_lr, scaled(warmup_steps, REFERENCE_WARMUP_STEPS),
+                   scaled(decay_start_step, REFERENCE_DECAY_START_STEP),
+                   scaled(decay_steps, REFERENCE_DECAY_STEPS), power)
 
     def __call__(self, step):
         """step: int64 scalar tensor -> float32 scalar lr."""
@@ -122,11 +126,12 @@ class Trainer:
         self.global_batch = global_batch
         self.loss_scale = loss_scale
         self.compression = hvd.Compression.fp16 if allreduce_fp16 else hvd.Compression.none
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # updates applied
         self.first_nonfinite_loss_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
 
-    def broadcast_dense_variables(self, features):
-        """Builds the model on one batch and gives every rank rank 0's dense variables."""
+    def build_and_broadcast(self, features):
+        """Builds the model on one batch (a collective embedding lookup) and gives every rank
+        rank 0's dense variables."""
         self.model(features, training=False)
         hvd.broadcast_variables(self.model.dense_variables, root_rank=0)
 
@@ -171,7 +176,7 @@ class Trainer:
                                 self.first_nonfinite_loss_step < 0)
         self.first_nonfinite_loss_step.assign(
             tf.where(record, self.step, self.first_nonfinite_loss_step))
-        self.step.assign_add(1)
+        self.step.assign_add(tf.cast(all_finite, tf.int64))  # skipped steps do not advance lr
         return mean_loss
 
     @tf.function(reduce_retracing=True)
@@ -208,7 +213,6 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
 
     Training time, ms per iteration and samples/s leave out the first step (tracing and
     compilation, reported as first_step_seconds) and the evaluations; total time has all."""
-    trainer.broadcast_dense_variables(next(iter(train_dataset))[0])
     global_batch = trainer.global_batch
     train_seconds = eval_seconds = warmup_seconds = 0.0
     evaluations, target_step, steps = [], None, 0
@@ -216,13 +220,16 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
 
     def run_eval():
         nonlocal eval_seconds, target_step
+        trainer.check_loss()  # never evaluate non-finite weights
         start = time.perf_counter()
         auc, num_samples = trainer.evaluate(eval_dataset)
+        auc = auc if math.isfinite(auc) else None  # nan: the test labels hold one class only
         eval_seconds += time.perf_counter() - start
         evaluations.append({"step": steps, "auc": auc})
-        log(f"eval step {steps}: AUC {auc:.6f} over {num_samples} samples "
-            f"({time.perf_counter() - start:.1f} s)")
-        if auc_target is not None and target_step is None and auc >= auc_target:
+        log(f"eval step {steps}: AUC {'n/a (one class)' if auc is None else f'{auc:.6f}'} over "
+            f"{num_samples} samples ({time.perf_counter() - start:.1f} s)")
+        if (auc_target is not None and auc is not None and target_step is None
+                and auc >= auc_target):
             target_step = steps
         return target_step is not None
 
@@ -230,6 +237,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
     for epoch in range(epochs):
         segment_start, segment_steps = time.perf_counter(), 0
         for features, label in train_dataset:
+            if steps == 0:
+                trainer.build_and_broadcast(features)
             loss = trainer.train_step(features, label)
             steps += 1
             segment_steps += 1

@@ -84,7 +84,7 @@ def run_keras(args):
     trainer = training.Trainer(net, training.LearningRateSchedule.for_global_batch(
         24.0, args.global_batch_size), args.global_batch_size)
     data = list(dataset.SyntheticDataset(args.global_batch_size, vocab, args.steps))
-    trainer.broadcast_dense_variables(data[0][0])
+    trainer.build_and_broadcast(data[0][0])
     trainer.train_step(*data[0])  # trace
     start = time.perf_counter()
     for features, label in data[1:]:
