@@ -7,8 +7,8 @@
 with W = D + (1+F)*F/2 padded up to a multiple of 8 (128 + 351 + 1 = 480 for Criteo).
 
 Mixed precision: under the Keras policy mixed_float16 the dense layers and the interaction
-compute in float16, the embedding tables stay float32 (their vectors are cast after the
-lookup) and the logits are returned as float32.
+compute in float16 except the logit layer (float32); the embedding tables stay float32
+(their vectors are cast after the lookup); the logits are float32.
 """
 
 import math
@@ -50,10 +50,12 @@ def dot_interaction(features):
     return tf.pad(output, [[0, 0], [0, padding]])
 
 
-def _dense_layer(units, activation, seed):
+def _dense_layer(units, activation, seed, dtype=None):
+    """dtype None: the global Keras policy (mixed_float16 under AMP)."""
     return tf.keras.layers.Dense(
         units,
         activation=activation,
+        dtype=dtype,
         kernel_initializer=tf.keras.initializers.GlorotNormal(seed=seed),
         bias_initializer=tf.keras.initializers.RandomNormal(stddev=math.sqrt(1.0 / units),
                                                             seed=seed + 1))
@@ -94,9 +96,12 @@ class DLRM(tf.keras.Model):
         self.bottom_layers = [_dense_layer(units, "relu", seed + 2 * k)
                               for k, units in enumerate(bottom_mlp)]
         top_seed = seed + 2 * len(bottom_mlp)
-        self.top_layers = [_dense_layer(units, "relu" if k < len(top_mlp) - 1 else None,
-                                        top_seed + 2 * k)
-                           for k, units in enumerate(top_mlp)]
+        self.top_layers = [_dense_layer(units, "relu", top_seed + 2 * k)
+                           for k, units in enumerate(top_mlp[:-1])]
+        # The logit layer computes in float32 under AMP too: fp16 logits would quantise the
+        # scores (ties in the AUC) and can overflow.
+        self.top_layers.append(_dense_layer(top_mlp[-1], None, top_seed + 2 * (len(top_mlp) - 1),
+                                            dtype="float32"))
 
     def call(self, inputs, training=False):
         dense, categorical = inputs
