@@ -207,3 +207,28 @@ def test_sok_backend_compress_uses_one_fused_table_and_unique_keys(monkeypatch):
     expected = full_table.astype(np.float64)
     np.subtract.at(expected, global_rows.ravel(), 0.5 * weights.reshape(-1, dim))
     np.testing.assert_allclose(sok.tables[0].numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sok_initializer_fills_each_rank_with_its_own_rows(monkeypatch):
+    """Rank 1 of 3: SOK asks for the local shard (rows 1, 4, 7, ... of each table)."""
+    sok = _StandInSOK()
+    shard_shapes = []
+
+    def local_variable(shape, initializer, dtype):
+        rows = len(range(1, shape[0], 3))
+        shard_shapes.append(rows)
+        table = tf.Variable(initializer(shape=(rows, shape[1]), dtype=dtype))
+        sok.tables.append(table)
+        return table
+
+    sok.Variable = local_variable
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
+    monkeypatch.setattr(embedding.hvd, "rank", lambda: 1)
+    monkeypatch.setattr(embedding.hvd, "size", lambda: 3)
+    vocab_sizes, dim = [7, 4], 2
+    full_table = np.random.default_rng(3).standard_normal((11, dim)).astype(np.float32)
+    emb = embedding.create_embedding("sok", vocab_sizes, dim,
+                                     initializer=lambda rows: tf.gather(full_table, rows))
+    assert shard_shapes == [2, 1]
+    np.testing.assert_array_equal(emb.variables[0].numpy(), full_table[[1, 4]])
+    np.testing.assert_array_equal(emb.variables[1].numpy(), full_table[[7 + 1]])
