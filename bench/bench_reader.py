@@ -31,10 +31,11 @@ def naive_batches(data_dir, batch_ranges, meta):
             ids = np.fromfile(os.path.join(data_dir, fmt.category_file(f)), dtype=dtype,
                               count=count, offset=start * dtype.itemsize)
             columns.append(ids.astype(np.int64).reshape(count, 1))
-        dense = np.fromfile(os.path.join(data_dir, fmt.DENSE_FILE), dtype=np.float16,
-                            count=count * 13, offset=start * 26).reshape(count, 13)
-        label = np.fromfile(os.path.join(data_dir, fmt.LABEL_FILE), dtype=np.int8,
-                            count=count, offset=start)
+        dense = np.fromfile(os.path.join(data_dir, fmt.DENSE_FILE), dtype=fmt.DENSE_DTYPE,
+                            count=count * fmt.NUM_DENSE,
+                            offset=start * fmt.NUM_DENSE * fmt.DENSE_DTYPE.itemsize)
+        label = np.fromfile(os.path.join(data_dir, fmt.LABEL_FILE), dtype=fmt.LABEL_DTYPE,
+                            count=count, offset=start * fmt.LABEL_DTYPE.itemsize)
         yield ((tf.convert_to_tensor(dense.astype(np.float32)),
                 tf.convert_to_tensor(np.concatenate(columns, axis=1))),
                tf.convert_to_tensor(label.astype(np.float32).reshape(count, 1)))
