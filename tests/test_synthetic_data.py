@@ -19,11 +19,14 @@ def _pairwise_auc(labels, scores):
 
 
 def test_roc_auc_against_pairwise_count(rng):
-    for n in [2, 7, 500]:
+    for n in [2, 7, 500, 3000]:
         labels = rng.integers(0, 2, n)
         labels[0], labels[1] = 0, 1
-        scores = np.round(rng.random(n), 1)  # many ties
-        assert abs(metrics.roc_auc(labels, scores) - _pairwise_auc(labels, scores)) < 1e-12
+        for scores in [np.round(rng.random(n), 1),                      # many ties
+                       np.round(rng.standard_normal(n), 2),             # negatives and ties
+                       rng.standard_normal(n).astype(np.float32)]:      # (almost) no ties
+            expected = _pairwise_auc(labels, scores.astype(np.float32))
+            assert abs(metrics.roc_auc(labels, scores) - expected) < 1e-12
     assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
     assert np.isnan(metrics.roc_auc([1, 1], [0.1, 0.2]))
 
