@@ -172,10 +172,11 @@ class Trainer:
         if self.loss_scale is not None:
             self.loss_scale.update(all_finite)
         mean_loss = tf.reduce_mean(losses)
-        record = tf.logical_and(tf.logical_not(tf.math.is_finite(mean_loss)),
-                                self.first_nonfinite_loss_step < 0)
-        self.first_nonfinite_loss_step.assign(
-            tf.where(record, self.step, self.first_nonfinite_loss_step))
+        if self.loss_scale is None:  # under AMP a non-finite loss is a skipped step instead
+            record = tf.logical_and(tf.logical_not(tf.math.is_finite(mean_loss)),
+                                    self.first_nonfinite_loss_step < 0)
+            self.first_nonfinite_loss_step.assign(
+                tf.where(record, self.step, self.first_nonfinite_loss_step))
         self.step.assign_add(tf.cast(all_finite, tf.int64))  # skipped steps do not advance lr
         return mean_loss
 

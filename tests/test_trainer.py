@@ -95,6 +95,7 @@ def test_loss_scaling_skips_a_step_on_an_injected_inf():
     trainer.train_step(*_batch(np.inf))
     assert all((a == b).all() for a, b in zip(before, _snapshot(model)))  # skipped everywhere
     assert float(scale.scale) == 512.0 and int(scale.skipped_steps) == 1
+    trainer.check_loss()  # under AMP a non-finite loss skips the step, it does not stop the run
     trainer.train_step(features, label)
     assert not all((a == b).all() for a, b in zip(before, _snapshot(model)))  # applied
     assert float(scale.scale) == 512.0
