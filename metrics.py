@@ -14,7 +14,9 @@ def roc_auc(labels, scores):
     halved afterwards from the tied runs (timed by bench/bench_auc.py).
     """
     labels = np.asarray(labels).reshape(-1).astype(bool)
-    bits = np.asarray(scores, dtype=np.float32).reshape(-1).view(np.int32).astype(np.int64)
+    # + 0 turns -0.0 into +0.0: equal scores must have equal bits.
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1) + np.float32(0)
+    bits = scores.view(np.int32).astype(np.int64)
     num_pos = int(labels.sum())
     num_neg = labels.size - num_pos
     if num_pos == 0 or num_neg == 0:

@@ -10,28 +10,46 @@ is only read. Memory is bounded by --chunk_samples (160 bytes per sample in flig
 import argparse
 import os
 import queue
+import re
 import shutil
 import sys
 import threading
-import time
 
 import numpy as np
 
 import data_format as fmt
+from progress import Progress
 
 
 class InputError(ValueError):
     """Bad input: the message names the file, the field and the value."""
 
 
-def _progress(done_bytes, total_bytes, start, stream):
-    elapsed = max(time.monotonic() - start, 1e-9)
-    rate = done_bytes / elapsed
-    eta = (total_bytes - done_bytes) / rate if rate > 0 else float("inf")
-    stream.write(f"split_bin: {done_bytes / 1e9:.2f}/{total_bytes / 1e9:.2f} GB "
-                 f"({100.0 * done_bytes / max(total_bytes, 1):.1f}%) {rate / 1e9:.2f} GB/s "
-                 f"ETA {eta:.0f} s\n")
-    stream.flush()
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(out_dir, stream=sys.stderr):
+    """Removes the .NAME.partial-PID / .NAME.old-PID directories beside out_dir that a killed
+    split_bin (whose PID no longer exists) left behind; says so on stream. Returns their paths."""
+    parent, name = os.path.split(out_dir)
+    removed = []
+    for entry in sorted(os.listdir(parent)):
+        match = re.fullmatch(rf"\.{re.escape(name)}\.(?:partial|old)-(\d+)", entry)
+        path = os.path.join(parent, entry)
+        if match and os.path.isdir(path) and not _process_exists(int(match.group(1))):
+            shutil.rmtree(path)
+            removed.append(path)
+            if stream is not None:
+                stream.write(f"split_bin: removed {path}, left by process {match.group(1)} "
+                             f"that no longer runs\n")
+    return removed
 
 
 def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18,
@@ -40,6 +58,9 @@ def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18
     if len(vocab_sizes) != fmt.NUM_CATEGORICAL:
         raise InputError(f"--vocab_sizes: {len(vocab_sizes)} entries, expected "
                          f"{fmt.NUM_CATEGORICAL} (one per categorical feature)")
+    if os.path.isdir(raw_path):
+        raise InputError(f"{raw_path}: is a directory; expected the raw binary file "
+                         f"(e.g. train_data.bin)")
     if not os.path.isfile(raw_path):
         raise InputError(f"{raw_path}: no such file")
     size = os.path.getsize(raw_path)
@@ -48,10 +69,11 @@ def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18
         raise InputError(f"{raw_path}: size {size} bytes is not a multiple of "
                          f"{fmt.RAW_BYTES_PER_SAMPLE} (remainder {remainder})")
     out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: is a file, not a directory; OUT_DIR must be a directory "
+                         f"to create (or to replace with --overwrite)")
     if os.path.exists(out_dir) and not overwrite:
         raise InputError(f"{out_dir}: already exists (pass --overwrite to replace it)")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"{out_dir}: exists and is not a directory")
     real_raw, real_out = os.path.realpath(raw_path), os.path.realpath(out_dir)
     if os.path.commonpath([real_raw, real_out]) == real_out:
         raise InputError(f"{raw_path}: the input lies inside OUT_DIR {out_dir}, which "
@@ -59,6 +81,7 @@ def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
+    remove_stale_partials(out_dir, progress_stream)
     tmp_dir = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
     os.mkdir(tmp_dir)
     try:
@@ -164,7 +187,8 @@ def _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples,
                               args=(raw_path, num_samples, chunk_samples, buffers, ready, free))
     names = [fmt.LABEL_FILE, fmt.DENSE_FILE] + [fmt.category_file(f) for f in range(len(vocab_sizes))]
     outputs = [open(os.path.join(tmp_dir, name), "wb") for name in names]
-    start = last_report = time.monotonic()
+    progress = Progress("split_bin", num_samples * fmt.RAW_BYTES_PER_SAMPLE,
+                        seconds=progress_seconds, stream=progress_stream)
     reader.start()
     try:
         done = 0
@@ -179,12 +203,7 @@ def _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples,
             for out, column in zip(outputs, columns):
                 out.write(column[:n])
             done = first + n
-            now = time.monotonic()
-            if progress_stream is not None and (now - last_report >= progress_seconds
-                                                or done == num_samples):
-                _progress(done * fmt.RAW_BYTES_PER_SAMPLE,
-                          num_samples * fmt.RAW_BYTES_PER_SAMPLE, start, progress_stream)
-                last_report = now
+            progress.update(done * fmt.RAW_BYTES_PER_SAMPLE)
     finally:
         free.put(None)
         for out in outputs:

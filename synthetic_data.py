@@ -23,6 +23,7 @@ import numpy as np
 
 import data_format as fmt
 from metrics import roc_auc
+from progress import Progress
 
 CHUNK_SAMPLES = 1 << 18
 SKEW = 3.0
@@ -75,8 +76,10 @@ def generate_chunk(seed, file_index, chunk_index, n, vocab_sizes):
     return raw, prob
 
 
-def write_raw(path, file_index, num_samples, vocab_sizes, seed, keep_probabilities=False):
-    """Streams num_samples synthetic samples to path (through a temporary name).
+def write_raw(path, file_index, num_samples, vocab_sizes, seed, keep_probabilities=False,
+              progress=None, first_done=0):
+    """Streams num_samples synthetic samples to path (through a temporary name), reporting
+    first_done + samples written to `progress` (a progress.Progress) after each chunk.
     Returns (labels int8 [n], probabilities float32 [n]) if keep_probabilities, else None."""
     tmp = f"{path}.partial-{os.getpid()}"
     kept_labels, kept_probs = [], []
@@ -86,6 +89,8 @@ def write_raw(path, file_index, num_samples, vocab_sizes, seed, keep_probabiliti
                 n = min(CHUNK_SAMPLES, num_samples - first)
                 raw, prob = generate_chunk(seed, file_index, chunk_index, n, vocab_sizes)
                 f.write(raw)
+                if progress is not None:
+                    progress.update(first_done + first + n)
                 if keep_probabilities:
                     kept_labels.append(raw[:, 0].astype(np.int8))
                     kept_probs.append(prob.astype(np.float32))
@@ -99,12 +104,18 @@ def write_raw(path, file_index, num_samples, vocab_sizes, seed, keep_probabiliti
     return None
 
 
-def generate(out_dir, train_samples, test_samples, vocab_sizes, seed=0):
-    """Writes out_dir/{train_data.bin, test_data.bin, synthetic.json}; returns the JSON dict."""
+def generate(out_dir, train_samples, test_samples, vocab_sizes, seed=0,
+             progress_stream=sys.stderr, progress_seconds=10.0):
+    """Writes out_dir/{train_data.bin, test_data.bin, synthetic.json}; returns the JSON dict.
+    Progress (samples of both files, rate, ETA) goes to progress_stream (None: silent)."""
     os.makedirs(out_dir, exist_ok=True)
-    write_raw(os.path.join(out_dir, "train_data.bin"), 0, train_samples, vocab_sizes, seed)
+    progress = Progress("synthetic_data", train_samples + test_samples, unit="M samples",
+                        scale=1e6, seconds=progress_seconds, stream=progress_stream)
+    write_raw(os.path.join(out_dir, "train_data.bin"), 0, train_samples, vocab_sizes, seed,
+              progress=progress)
     labels, probs = write_raw(os.path.join(out_dir, "test_data.bin"), 1, test_samples,
-                              vocab_sizes, seed, keep_probabilities=True)
+                              vocab_sizes, seed, keep_probabilities=True, progress=progress,
+                              first_done=train_samples)
     info = {
         "seed": seed,
         "train_samples": train_samples,

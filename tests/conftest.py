@@ -19,6 +19,13 @@ def write_raw(path, label, dense, categorical):
     return raw.astype(np.int64)
 
 
+def pairwise_auc(labels, scores):
+    """By-hand AUC: the fraction of (positive, negative) pairs ordered right, ties 1/2."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    pos, neg = scores[labels == 1][:, None], scores[labels == 0][None, :]
+    return ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size)
+
+
 def horovodrun(num_ranks, script, *args, timeout=600):
     """Runs `python script args` on num_ranks local Gloo ranks; returns the CompletedProcess."""
     cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo",

@@ -1,6 +1,7 @@
 """split_bin.py against an independent numpy decoding of the raw file, and its bad-input cases."""
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -145,3 +146,44 @@ def test_overwrite_never_deletes_the_input(tmp_path, rng):
                             progress_stream=None)
     assert _digest(tmp_path / "raw.bin") == digest
     assert sorted(os.listdir(tmp_path)) == ["raw.bin"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "split_bin.py"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_cli_says_what_is_wrong_with_the_paths_the_first_time(tmp_path, rng):
+    write_raw(tmp_path / "raw.bin", *_random_raw(rng, 10))
+    (tmp_path / "a_dir").mkdir()
+    proc = _cli(tmp_path / "a_dir", tmp_path / "out", "--vocab_sizes=" + json.dumps(VOCAB))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"split_bin.py: error: {tmp_path / 'a_dir'}: is a directory; "
+                                   f"expected the raw binary file (e.g. train_data.bin)")
+    (tmp_path / "a_file").write_text("mine")
+    for extra in [[], ["--overwrite"]]:  # the same answer with and without --overwrite
+        proc = _cli(tmp_path / "raw.bin", tmp_path / "a_file", "--vocab_sizes=" + json.dumps(VOCAB),
+                    *extra)
+        assert proc.returncode == 2
+        assert "a_file: is a file, not a directory" in proc.stderr, proc.stderr
+        assert "--overwrite" not in proc.stderr.split("not a directory")[0]
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_a_rerun_removes_what_a_killed_run_left(tmp_path, rng):
+    write_raw(tmp_path / "raw.bin", *_random_raw(rng, 10))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its PID no longer runs
+    alive = os.getppid()  # a process that runs (not this one: its name is taken by the split)
+    for name in [f".out.partial-{dead.pid}", f".out.old-{dead.pid}", f".out.partial-{alive}",
+                 f".other.partial-{dead.pid}"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "label.bin").write_bytes(b"\0" * 10)
+    messages = io.StringIO()
+    split_bin.split(str(tmp_path / "raw.bin"), str(tmp_path / "out"), VOCAB,
+                    progress_stream=messages)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [".other.partial-%d" % dead.pid, f".out.partial-{alive}", "out", "raw.bin"])
+    for name in [f".out.partial-{dead.pid}", f".out.old-{dead.pid}"]:
+        assert (f"split_bin: removed {tmp_path / name}, left by process {dead.pid} that no "
+                f"longer runs") in messages.getvalue()

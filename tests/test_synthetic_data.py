@@ -1,21 +1,16 @@
 """synthetic_data.py: determinism, the raw layout, and the recorded best AUC."""
 
+import io
 import json
 
 import numpy as np
 
+from conftest import pairwise_auc
 import data_format as fmt
 import metrics
 import synthetic_data
 
 VOCAB = [5, 1000, 3, 70000] + [40] * 22
-
-
-def _pairwise_auc(labels, scores):
-    """By-hand AUC: the fraction of (positive, negative) pairs ordered right, ties 1/2."""
-    pos = scores[labels == 1][:, None]
-    neg = scores[labels == 0][None, :]
-    return ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size)
 
 
 def test_roc_auc_against_pairwise_count(rng):
@@ -25,7 +20,7 @@ def test_roc_auc_against_pairwise_count(rng):
         for scores in [np.round(rng.random(n), 1),                      # many ties
                        np.round(rng.standard_normal(n), 2),             # negatives and ties
                        rng.standard_normal(n).astype(np.float32)]:      # (almost) no ties
-            expected = _pairwise_auc(labels, scores.astype(np.float32))
+            expected = pairwise_auc(labels, scores.astype(np.float32))
             assert abs(metrics.roc_auc(labels, scores) - expected) < 1e-12
     assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
     assert np.isnan(metrics.roc_auc([1, 1], [0.1, 0.2]))
@@ -53,7 +48,7 @@ def test_generator_is_deterministic_and_records_best_auc(tmp_path, monkeypatch):
     prob = synthetic_data.true_probability(7, dense, ids)
     recorded = json.load(open(tmp_path / "a" / "synthetic.json"))
     assert recorded == info
-    assert abs(recorded["best_test_auc"] - _pairwise_auc(label, prob.astype(np.float32))) < 1e-9
+    assert abs(recorded["best_test_auc"] - pairwise_auc(label, prob.astype(np.float32))) < 1e-9
     assert 0.7 < recorded["best_test_auc"] < 0.95  # a signal worth learning, not a trivial one
     # Labels follow the hidden probabilities: mean label matches mean probability.
     assert abs(label.mean() - prob.mean()) < 4 * np.sqrt(prob.mean() * (1 - prob.mean()) / len(prob))
@@ -65,3 +60,21 @@ def test_scaled_vocab_keeps_small_tables_and_shrinks_large_ones():
     for full, small in zip(fmt.CRITEO_TB_VOCAB_SIZES, scaled):
         assert small == full if full <= 1000 else 1000 <= small <= full // 1000 + 1000
     assert sum(scaled) * 128 * 4 < 200e6  # the whole fp32 table at dim 128 stays small
+
+
+def test_roc_auc_counts_plus_and_minus_zero_as_a_tie():
+    assert metrics.roc_auc([1, 0], [0.0, -0.0]) == 0.5
+    assert metrics.roc_auc([1, 0], [-0.0, 0.0]) == 0.5
+    assert metrics.roc_auc([1, 0, 1], [-0.0, 0.0, 1.0]) == 0.75
+
+
+def test_generator_reports_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic_data, "CHUNK_SAMPLES", 1000)
+    messages = io.StringIO()
+    synthetic_data.generate(str(tmp_path), 3000, 2000, VOCAB, progress_stream=messages,
+                            progress_seconds=0)
+    lines = messages.getvalue().splitlines()
+    assert len(lines) == 5  # one per chunk: 3 of train, 2 of test
+    assert lines[0].startswith("synthetic_data: ") and "M samples (20.0%)" in lines[0]
+    assert "ETA" in lines[0]
+    assert "(100.0%)" in lines[-1]
