@@ -24,6 +24,11 @@ import data_format as fmt
 CATEGORICAL_DTYPE = np.int32
 
 
+class DataError(ValueError):
+    """A split file holds a value the model must not see; the message names the file, the
+    sample, the field and the value."""
+
+
 def batch_ranges(num_samples, batch_size, rank, num_ranks, drop_remainder):
     """-> list of (start, count) of rank's batches. batch_size is per rank."""
     global_batch = batch_size * num_ranks
@@ -107,6 +112,7 @@ class SplitDataset:
         layout = fmt.file_layout(self.num_samples, self.vocab_sizes)
         self._files = {name: self._map(name, dtype, shape) for name, (dtype, shape) in layout.items()}
         self._categories = [self._files[fmt.category_file(f)] for f in range(len(self.vocab_sizes))]
+        self._vocab_limits = np.asarray(self.vocab_sizes, np.uint32)
 
     def _map(self, name, dtype, shape):
         if self.num_samples == 0:
@@ -117,13 +123,28 @@ class SplitDataset:
         return len(self._ranges)
 
     def read_numpy(self, start, count):
-        """-> (dense float32 [count, 13], categorical int32 [count, 26], label float32 [count, 1])."""
+        """-> (dense float32 [count, 13], categorical int32 [count, 26], label float32 [count, 1]).
+
+        Raises DataError for a label not 0/1 or an id outside [0, vocab): what reaches the
+        model is always in range (a GPU gather would return zeros for it, a CPU one fail late)."""
         end = start + count
         dense = self._files[fmt.DENSE_FILE][start:end].astype(np.float32)
-        label = self._files[fmt.LABEL_FILE][start:end].astype(np.float32).reshape(count, 1)
+        raw_label = self._files[fmt.LABEL_FILE][start:end]
+        if count and raw_label.view(np.uint8).max() > 1:
+            i = int(np.flatnonzero(raw_label.view(np.uint8) > 1)[0])
+            raise DataError(f"{os.path.join(self.data_dir, fmt.LABEL_FILE)}: sample {start + i}: "
+                            f"label is {raw_label[i]}, expected 0 or 1")
+        label = raw_label.astype(np.float32).reshape(count, 1)
         categorical = np.empty((count, len(self._categories)), CATEGORICAL_DTYPE)
         for feature, column in enumerate(self._categories):
             categorical[:, feature] = column[start:end]
+        # Negative ids wrap to >= 2**31 > any vocabulary: one unsigned compare checks both ends.
+        out_of_range = categorical.view(np.uint32) >= self._vocab_limits
+        if out_of_range.any():
+            i, feature = (int(v) for v in np.argwhere(out_of_range)[0])
+            raise DataError(f"{os.path.join(self.data_dir, fmt.category_file(feature))}: sample "
+                            f"{start + i}: categorical feature {feature} is "
+                            f"{categorical[i, feature]}, outside [0, {self.vocab_sizes[feature]})")
         return dense, categorical, label
 
     def _make_batch(self, batch_range):

@@ -143,3 +143,28 @@ def test_reader_under_horovodrun(tmp_path, rng):
     expected = raw[:, 14:]
     np.testing.assert_array_equal(ids[order], expected[np.lexsort(expected.T[::-1])])
     assert len(ids) == 77
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_reader_refuses_an_id_outside_its_vocabulary_and_a_bad_label(tmp_path, rng, prefetch):
+    data_dir, _ = _make_split(tmp_path, rng, 100)
+    # A file of the right size whose values split_bin.py would have refused.
+    ids = np.memmap(os.path.join(data_dir, "category_2.bin"), np.int32, "r+")  # vocab 70000
+    ids[57] = 70000
+    ids.flush()
+    with pytest.raises(dataset.DataError) as error:
+        list(dataset.SplitDataset(data_dir, 8, 1, 2, training=True, prefetch=prefetch))
+    assert str(error.value) == (f"{os.path.join(data_dir, 'category_2.bin')}: sample 57: "
+                                f"categorical feature 2 is 70000, outside [0, 70000)")
+    ids[57] = -1
+    ids.flush()
+    with pytest.raises(dataset.DataError, match="sample 57: categorical feature 2 is -1, outside"):
+        list(dataset.SplitDataset(data_dir, 8, 1, 2, training=True, prefetch=prefetch))
+    assert len(list(dataset.SplitDataset(data_dir, 8, 0, 2, training=True))) == 6  # rank 0 reads fine
+    ids[57] = 69999
+    ids.flush()
+    labels = np.memmap(os.path.join(data_dir, "label.bin"), np.int8, "r+")
+    labels[99] = 2
+    labels.flush()
+    with pytest.raises(dataset.DataError, match=r"label.bin: sample 99: label is 2, expected 0 or 1"):
+        list(dataset.SplitDataset(data_dir, 8, 1, 2, training=False, prefetch=prefetch))
