@@ -20,7 +20,6 @@ sok.init() when it is constructed).
 import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
-from absl import logging
 
 BACKENDS = ("auto", "sok", "tf")
 _INIT_BLOCK_ROWS = 1 << 20  # rows filled per initializer call in the tf backend
@@ -62,28 +61,32 @@ def _import_sok():
     return sok
 
 
+def resolve_backend(backend):
+    """"auto" | "sok" | "tf" -> (the backend to build, why: one plain phrase).
+    auto takes sok where sparse_operation_kit imports, else tf."""
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend, "asked for"
+    try:
+        _import_sok()
+    except RuntimeError as error:
+        cause = error.__cause__
+        missing = isinstance(cause, ModuleNotFoundError) and cause.name == "sparse_operation_kit"
+        return "tf", ("auto: SOK is not installed" if missing
+                      else f"auto: SOK failed to import ({cause!r})")
+    return "sok", "auto: SOK imports"
+
+
 def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0):
     """Builds the tables of one embedding backend on this rank (after hvd.init()).
 
-    backend: "sok", "tf", or "auto" (sok when sparse_operation_kit imports, else tf).
+    backend: "sok", "tf", or "auto" (see resolve_backend).
     compress: deduplicate the keys of a batch before the exchange (the sok backend then
       uses one fused table, see SOKEmbedding).
     initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"embedding backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        try:
-            _import_sok()
-            backend = "sok"
-        except RuntimeError as error:
-            if hvd.rank() == 0:
-                logging.info("embedding: %s", error)
-            backend = "tf"
-    if hvd.rank() == 0:
-        logging.info("embedding backend: %s (%d tables, %d rows, dim %d, %d ranks%s)", backend,
-                     len(vocab_sizes), sum(vocab_sizes), dim, hvd.size(),
-                     ", compress" if compress else "")
+    backend, _ = resolve_backend(backend)
     initializer = initializer or uniform_initializer(vocab_sizes, dim, seed)
     embedding_class = SOKEmbedding if backend == "sok" else TFEmbedding
     return embedding_class(vocab_sizes, dim, compress, initializer)

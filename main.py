@@ -4,17 +4,28 @@
         --global_batch_size=65536 --xla --amp --custom_interact --eval_in_last
 
 $DATA holds train/ and test/ in the split format (split_bin.py). Every flag of the
-program is defined here; the modules take plain arguments.
+program is defined here; the modules take plain arguments. A usage error is one line on
+rank 0 (`main.py: error: ...`, exit status 2); `-h` / `--help` lists the flags.
 """
 
+import math
 import os
 import sys
+import textwrap
+import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
+_HELP_SECTIONS = []  # (title, index in list(FLAGS) of the section's first flag)
 
-# The seed's flags.
+
+def _section(title):
+    """Flags defined from here to the next _section are listed under `title` by --help."""
+    _HELP_SECTIONS.append((title, len(list(FLAGS))))
+
+
+_section("The seed's flags")
 flags.DEFINE_string("data_dir", None, "Directory with train/ and test/ in the split format.")
 flags.DEFINE_integer("global_batch_size", 65536, "Samples per step over all ranks.")
 flags.DEFINE_bool("amp", False, "Mixed precision (float16 dense path, dynamic loss scaling).")
@@ -27,7 +38,7 @@ flags.DEFINE_bool("use_synthetic_dataset", False, "Random batches, no files (pro
 flags.DEFINE_integer("early_stop", -1, "Stop after this many training steps (-1: no limit).")
 flags.DEFINE_integer("epochs", 1, "Passes over the training set.")
 flags.DEFINE_float("lr", 24.0, "Base learning rate (plain SGD, dense and embeddings).")
-# Model and embeddings.
+_section("Model and embeddings")
 flags.DEFINE_enum("embedding", "auto", ["auto", "sok", "tf"],
                   "Model-parallel tables: SOK 2.x, TensorFlow + hvd.alltoall, or sok if it imports.")
 flags.DEFINE_integer("embedding_dim", 128, "Embedding vector size.")
@@ -37,7 +48,7 @@ flags.DEFINE_string("vocab_sizes", None,
                     "Vocabularies for --use_synthetic_dataset: criteo_tb, criteo_tb_scaled, or a "
                     "list (default criteo_tb). With --data_dir they come from metadata.json.")
 flags.DEFINE_integer("seed", 0, "Seed of the dense initialisation (broadcast from rank 0).")
-# Schedule and evaluation (step counts default to MLPerf's at batch 55296, scaled).
+_section("Schedule and evaluation (step counts default to MLPerf's at batch 55296, scaled)")
 flags.DEFINE_integer("warmup_steps", None, "LR warmup steps (default 2750 * 55296 / batch).")
 flags.DEFINE_integer("decay_start_step", None, "First step of the LR decay (default 49315 scaled).")
 flags.DEFINE_integer("decay_steps", None, "Steps of the polynomial decay (default 27772 scaled).")
@@ -45,16 +56,94 @@ flags.DEFINE_integer("eval_interval", None,
                      "Evaluate every this many steps (0: never during training). Default: 0 "
                      "with --eval_in_last, else 3793 * 55296 / global_batch_size.")
 flags.DEFINE_float("auc_target", 0.8025, "Stop once the test AUC reaches this.")
-flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
-flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
-flags.DEFINE_bool("allreduce_fp16", False, "Compress dense gradients to float16 for the allreduce.")
+_section("Communication, input and output")
+flags.DEFINE_bool("allreduce_fp16", False, "Compress dense gradients to float16 for the allreduce "
+                  "(needs --amp: the loss-scaled gradients stay above fp16's range floor).")
 flags.DEFINE_integer("synthetic_steps", 1000, "Steps per epoch of --use_synthetic_dataset.")
 flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_synthetic_dataset.")
 flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
-flags.register_validator("log_interval", lambda v: v >= 1, "--log_interval must be >= 1")
+flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
+flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
+_HELP_END = len(list(FLAGS))
+
+flags.register_validator("global_batch_size", lambda v: v >= 1, "--global_batch_size must be >= 1")
+flags.register_validator("lr", lambda v: math.isfinite(v) and v > 0,
+                         "--lr must be a finite number > 0")
+flags.register_validator("early_stop", lambda v: v == -1 or v >= 1,
+                         "--early_stop must be -1 (no limit) or >= 1")
 flags.register_validator("epochs", lambda v: v >= 1, "--epochs must be >= 1")
+flags.register_validator("embedding_dim", lambda v: v >= 1, "--embedding_dim must be >= 1")
+for _name in ("warmup_steps", "decay_start_step"):
+    flags.register_validator(_name, lambda v: v is None or v >= 0, f"--{_name} must be >= 0")
+flags.register_validator("decay_steps", lambda v: v is None or v >= 1,
+                         "--decay_steps must be >= 1")
 flags.register_validator("eval_interval", lambda v: v is None or v >= 0,
                          "--eval_interval must be >= 0")
+flags.register_validator("auc_target", lambda v: 0.0 < v <= 1.0,
+                         "--auc_target must be in (0, 1]")
+flags.register_validator("log_interval", lambda v: v >= 1, "--log_interval must be >= 1")
+for _name in ("synthetic_steps", "synthetic_eval_steps"):
+    flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1")
+flags.register_validator("prefetch", lambda v: v >= 0, "--prefetch must be >= 0")
+flags.register_multi_flags_validator(
+    ["allreduce_fp16", "amp"], lambda f: f["amp"] or not f["allreduce_fp16"],
+    "--allreduce_fp16 needs --amp: without loss scaling the fp32 gradients, already divided "
+    "by the global batch, underflow in float16")
+
+_RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+
+
+def _rank():
+    """This process's rank: Horovod's once initialised, else the launcher's variable, else 0."""
+    hvd = sys.modules.get("horovod.tensorflow")
+    if hvd is not None and hvd.is_initialized():
+        return hvd.rank()
+    for name in _RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _fail(message, every_rank=False):
+    """One line on stderr (rank 0 only, unless every_rank), the program's last; exit status 2."""
+    if every_rank or _rank() == 0:
+        sys.stdout.flush()
+        print(f"main.py: error: {message}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(1.0)  # horovodrun kills the job at the first exit: let rank 0 say why first
+    sys.exit(2)
+
+
+def _help_text():
+    """main.py's own flags, in the sections they are defined in."""
+    names = list(FLAGS)
+    lines = [__doc__.split("\n\n")[0], "", "usage: horovodrun -np N ./hvd_wrapper.sh "
+             "python3 main.py [--flag=value ...]   (or python3 main.py ... for one rank)"]
+    bounds = [start for _, start in _HELP_SECTIONS[1:]] + [_HELP_END]
+    for (title, start), end in zip(_HELP_SECTIONS, bounds):
+        lines += ["", f"{title}:"]
+        for name in names[start:end]:
+            flag = FLAGS[name]
+            default = "none" if flag.default is None else flag.default_as_str.strip("'")
+            if isinstance(flag.default, bool):
+                default = "on" if flag.default else "off"
+            lines.append(f"  --{name} (default {default})")
+            lines += textwrap.wrap(flag.help, 92, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+def _parse_flags(argv):
+    """app.run's flag parser: -h/--help prints main.py's flags (exit 0); a bad flag is one
+    line (exit 2)."""
+    arguments = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in arguments):
+        print(_help_text())
+        sys.exit(0)
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        _fail(str(err))
 
 
 def _xla_flags():
@@ -96,8 +185,8 @@ def _int_list(name, values):
                              f"got {','.join(values)!r}") from None
 
 
-def main(argv):
-    del argv
+def train():
+    """The job: data, model, schedule, fit, report. Raises app.UsageError for bad input."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines off, warnings on
     if FLAGS.xla:
         os.environ["TF_XLA_FLAGS"] = _xla_flags()
@@ -159,19 +248,33 @@ def main(argv):
             import custom_interact
             custom_interact.load_ops()  # a missing build fails here, with the build command
             interaction = custom_interact.dot_interact
-        tables = embedding.create_embedding(FLAGS.embedding, vocab_sizes, FLAGS.embedding_dim,
+        backend, why = embedding.resolve_backend(FLAGS.embedding)
+        tables = embedding.create_embedding(backend, vocab_sizes, FLAGS.embedding_dim,
                                             compress=FLAGS.compress, seed=FLAGS.seed)
         model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=_int_list("bottom_mlp", FLAGS.bottom_mlp),
                           top_mlp=_int_list("top_mlp", FLAGS.top_mlp), interaction=interaction,
                           seed=FLAGS.seed)
     except (ValueError, ImportError, OSError, RuntimeError) as err:  # op or SOK missing
         raise app.UsageError(str(err)) from None
-    say(f"embedding backend {tables.name}, compress {FLAGS.compress}, amp {FLAGS.amp}, "
-        f"xla {FLAGS.xla}, interaction {'custom op' if FLAGS.custom_interact else 'tf'}")
+    say(f"embedding backend {tables.name} ({why}), {sum(vocab_sizes):,} rows x "
+        f"{FLAGS.embedding_dim}, compress {FLAGS.compress}, amp {FLAGS.amp}, xla {FLAGS.xla}, "
+        f"interaction {'custom op' if FLAGS.custom_interact else 'tf'}")
 
-    schedule = training.LearningRateSchedule.for_global_batch(
-        FLAGS.lr, FLAGS.global_batch_size, FLAGS.warmup_steps, FLAGS.decay_start_step,
-        FLAGS.decay_steps)
+    try:
+        schedule = training.LearningRateSchedule.for_global_batch(
+            FLAGS.lr, FLAGS.global_batch_size, FLAGS.warmup_steps, FLAGS.decay_start_step,
+            FLAGS.decay_steps)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    run_steps = len(train_data) * FLAGS.epochs
+    if FLAGS.early_stop > 0:
+        run_steps = min(run_steps, FLAGS.early_stop)
+    eval_interval = _eval_interval(training)
+    say(f"{schedule.describe()}; this run: {run_steps} steps ({len(train_data)} per epoch), "
+        f"evaluation {f'every {eval_interval} steps' if eval_interval else 'never during training'}"
+        f"{' and at the end' if FLAGS.eval_in_last else ''}")
+    for line in training.schedule_warnings(schedule, run_steps, eval_interval, FLAGS.eval_in_last):
+        say(f"warning: {line}")
     loss_scale = training.DynamicLossScale() if FLAGS.amp else None
     trainer = training.Trainer(model, schedule, FLAGS.global_batch_size, loss_scale=loss_scale,
                                allreduce_fp16=FLAGS.allreduce_fp16)
@@ -179,12 +282,14 @@ def main(argv):
         report = training.fit(
             trainer, train_data, eval_data, epochs=FLAGS.epochs,
             max_steps=FLAGS.early_stop if FLAGS.early_stop > 0 else None,
-            eval_interval=_eval_interval(training),
-            eval_in_last=FLAGS.eval_in_last, auc_target=FLAGS.auc_target,
-            log_interval=FLAGS.log_interval, log=lambda line: say(line, flush=True))
+            eval_interval=eval_interval, eval_in_last=FLAGS.eval_in_last,
+            auc_target=FLAGS.auc_target, log_interval=FLAGS.log_interval,
+            log=lambda line: say(line, flush=True))
     except FloatingPointError as err:
-        say(f"error: {err}", file=sys.stderr)
+        say(f"main.py: error: {err}", file=sys.stderr)
         return 3
+    except dataset.DataError as err:  # only the rank that read it may know: every rank says it
+        _fail(str(err), every_rank=True)
     report.update(embedding=tables.name, compress=FLAGS.compress, amp=FLAGS.amp, xla=FLAGS.xla,
                   custom_interact=FLAGS.custom_interact, device=device)
     say(training.format_report(report), flush=True)
@@ -193,5 +298,14 @@ def main(argv):
     return 0
 
 
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    try:
+        return train()
+    except app.UsageError as err:
+        _fail(str(err))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

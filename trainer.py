@@ -58,6 +58,11 @@ class LearningRateSchedule:
                    scaled(decay_start_step, REFERENCE_DECAY_START_STEP),
                    scaled(decay_steps, REFERENCE_DECAY_STEPS), power)
 
+    def describe(self):
+        end = self.decay_start_step + self.decay_steps
+        return (f"lr {self.base_lr:g}: warmup steps 0-{self.warmup_steps}, constant to step "
+                f"{self.decay_start_step}, decay (power {self.power:g}) to 0 at step {end}")
+
     def __call__(self, step):
         """step: int64 scalar tensor -> float32 scalar lr."""
         step = tf.cast(step, tf.float32)
@@ -67,6 +72,21 @@ class LearningRateSchedule:
         decay = self.base_lr * remaining ** self.power
         return tf.where(step < self.warmup_steps, warmup,
                         tf.where(step < self.decay_start_step, self.base_lr, decay))
+
+
+def schedule_warnings(schedule, run_steps, eval_interval, eval_in_last):
+    """What a run of run_steps steps will not do that its schedule suggests: lines to print at
+    start (empty when the schedule fits the run)."""
+    warnings = []
+    if schedule.warmup_steps > run_steps:
+        peak = schedule.base_lr * run_steps / schedule.warmup_steps
+        warnings.append(f"the run ends during the lr warmup ({run_steps} of "
+                        f"{schedule.warmup_steps} steps): lr never exceeds {peak:.4g} of "
+                        f"{schedule.base_lr:g} (set --warmup_steps)")
+    if not eval_in_last and (not eval_interval or eval_interval > run_steps):
+        warnings.append(f"no evaluation: the run has {run_steps} steps, --eval_interval is "
+                        f"{eval_interval} and --eval_in_last is off")
+    return warnings
 
 
 class DynamicLossScale:
