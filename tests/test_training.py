@@ -132,7 +132,8 @@ def test_hvd_wrapper_pins_the_local_rank():
     wrapper = os.path.join(ROOT, "hvd_wrapper.sh")
     base = {k: v for k, v in os.environ.items() if k not in (
         "CUDA_VISIBLE_DEVICES", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
-        "HOROVOD_LOCAL_RANK")}
+        "HOROVOD_LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID",
+        "HOROVOD_RANK")}
     for extra, expected in [({"OMPI_COMM_WORLD_LOCAL_RANK": "3"}, "3"),
                             ({"SLURM_LOCALID": "2"}, "2"),
                             ({"HOROVOD_LOCAL_RANK": "1"}, "1"),
@@ -140,6 +141,13 @@ def test_hvd_wrapper_pins_the_local_rank():
                             ({}, "unset")]:
         out = subprocess.run([wrapper, "sh", "-c", "echo ${CUDA_VISIBLE_DEVICES-unset}"],
                              env=dict(base, **extra), capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, extra
+    # DLRM_RANK: the global rank under mpirun (Open MPI), MPICH/PMI, srun and horovodrun.
+    for extra, expected in [({"OMPI_COMM_WORLD_RANK": "11"}, "11"), ({"PMI_RANK": "5"}, "5"),
+                            ({"SLURM_PROCID": "9"}, "9"), ({"HOROVOD_RANK": "3"}, "3"),
+                            ({}, "0")]:
+        out = subprocess.run([wrapper, "sh", "-c", "echo $DLRM_RANK"], env=dict(base, **extra),
+                             capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected, extra
 
 
@@ -212,3 +220,19 @@ def test_start_says_how_the_schedule_fits_the_run():
     # --embedding=auto without SOK: one plain line, which backend and why.
     assert "embedding backend tf (auto: SOK is not installed)" in out
     assert "RuntimeError" not in out + proc.stderr and "failed" not in out + proc.stderr
+
+
+def test_an_id_outside_its_vocabulary_stops_training_with_one_line(tmp_path):
+    synthetic_data.generate(str(tmp_path / "raw"), 3000, 500, VOCAB, seed=1, progress_stream=None)
+    for name in ["train", "test"]:
+        split_bin.split(str(tmp_path / "raw" / f"{name}_data.bin"), str(tmp_path / name), VOCAB,
+                        progress_stream=None)
+    ids = np.memmap(tmp_path / "train" / "category_5.bin", np.int16, "r+")  # vocab 1000
+    ids[1300] = 1000  # batch 2 (samples 1024-1535), rank 1's half (1280-1535)
+    ids.flush()
+    proc = _main(f"--data_dir={tmp_path}", "--global_batch_size=512", "--embedding_dim=16",
+                 "--bottom_mlp=64,16", "--top_mlp=64,32,1", "--eval_in_last")
+    assert proc.returncode != 0
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "main.py: error:" in line]
+    assert ours == [f"[1]<stderr>:main.py: error: {tmp_path / 'train' / 'category_5.bin'}: "
+                    f"sample 1300: categorical feature 5 is 1000, outside [0, 1000)"], ours
