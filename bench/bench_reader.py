@@ -5,7 +5,9 @@
 
 Naive (the seed's approach): per batch, one np.fromfile per feature file, astype int64,
 concatenate, convert to tensors. Files should be in page cache (a first pass warms them).
-With --horovod every rank reads its own slice and prints its samples/s.
+With --horovod every rank reads its own slice and prints its samples/s. "range check alone"
+times the reader's per-batch check of ids and labels by itself (included in SplitDataset's
+figures).
 """
 
 import argparse
@@ -66,6 +68,18 @@ def main():
         results[f"SplitDataset prefetch={prefetch}"] = max(timed(iter(ds))
                                                            for _ in range(args.repeats))
     ranges = dataset.batch_ranges(ds.num_samples, args.batch_size, rank, size, True)
+    # What the reader's range check (ids in [0, vocab), labels 0/1) costs, alone, on the
+    # batches the reader returns.
+    batches = [ds.read_numpy(*r) for r in ranges[:16]]
+    limits = np.tile(np.asarray(ds.vocab_sizes, np.uint32), args.batch_size)
+
+    def check_only():
+        start = time.perf_counter()
+        for _, categorical, label in batches:
+            (categorical.view(np.uint32).reshape(-1) >= limits[:categorical.size]).any()
+            label.astype(np.int8).view(np.uint8).max()
+        return sum(len(b[2]) for b in batches) / (time.perf_counter() - start)
+    results["range check alone"] = max(check_only() for _ in range(args.repeats))
     results["naive (seed)"] = max(timed(naive_batches(args.data_dir, ranges, ds.meta))
                                   for _ in range(args.repeats))
     for name, rate in results.items():
