@@ -140,6 +140,8 @@ class SplitDataset:
             categorical[:, feature] = column[start:end]
         # Negative ids wrap to >= 2**31 > any vocabulary: one unsigned compare checks both ends,
         # flat against the limits tiled per row (a broadcast over rows of 26 is 3x slower).
+        if categorical.size > self._vocab_limits.size:  # more rows than a batch (read_numpy's caller)
+            self._vocab_limits = np.tile(self._vocab_limits[:len(self.vocab_sizes)], count)
         out_of_range = categorical.view(np.uint32).reshape(-1) >= self._vocab_limits[:categorical.size]
         if out_of_range.any():
             i, feature = divmod(int(np.flatnonzero(out_of_range)[0]), len(self.vocab_sizes))
