@@ -161,6 +161,8 @@ def test_reader_refuses_an_id_outside_its_vocabulary_and_a_bad_label(tmp_path, r
     with pytest.raises(dataset.DataError, match="sample 57: categorical feature 2 is -1, outside"):
         list(dataset.SplitDataset(data_dir, 8, 1, 2, training=True, prefetch=prefetch))
     assert len(list(dataset.SplitDataset(data_dir, 8, 0, 2, training=True))) == 6  # rank 0 reads fine
+    with pytest.raises(dataset.DataError, match="sample 57"):  # a read of more than a batch
+        dataset.SplitDataset(data_dir, 8).read_numpy(0, 100)
     ids[57] = 69999
     ids.flush()
     labels = np.memmap(os.path.join(data_dir, "label.bin"), np.int8, "r+")
