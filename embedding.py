@@ -1,7 +1,7 @@
 """Model-parallel embedding tables for DLRM: SOK 2.x, or TensorFlow + Horovod alltoall.
 
-Every backend maps categorical ids [B, F] (ids[:, f] in [0, vocab_sizes[f])) to float32
-vectors [B, F, D]. Its tables are row-sharded over the Horovod ranks; each rank holds only
+Every backend maps categorical ids [B, F] (ids[:, f] in [0, vocab_sizes[f])) to vectors
+[B, F, D] of its vector_dtype (float32, or float16 under AMP; the tables stay float32). Its tables are row-sharded over the Horovod ranks; each rank holds only
 its own rows, its table gradients come back as tf.IndexedSlices of the local shard, and
 `apply_gradients` applies plain SGD to those rows. They are never allreduced.
 
@@ -22,7 +22,6 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 BACKENDS = ("auto", "sok", "tf")
-_INIT_BLOCK_ROWS = 1 << 20  # rows filled per initializer call in the tf backend
 
 
 def uniform_initializer(vocab_sizes, dim, seed=0):
@@ -44,11 +43,6 @@ def uniform_initializer(vocab_sizes, dim, seed=0):
 def feature_offsets(vocab_sizes):
     """[F] -> [F] int64: first global row of each feature's table (exclusive cumsum)."""
     return np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
-
-
-def sharded_rows(total_rows, rank, num_ranks):
-    """Global rows held by `rank`: rank, rank + N, rank + 2N, ... (local row k = global // N)."""
-    return np.arange(rank, total_rows, num_ranks, dtype=np.int64)
 
 
 def _import_sok():
@@ -78,42 +72,58 @@ def resolve_backend(backend):
     return "sok", "auto: SOK imports"
 
 
-def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0):
+def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0,
+                     vector_dtype=tf.float32):
     """Builds the tables of one embedding backend on this rank (after hvd.init()).
 
     backend: "sok", "tf", or "auto" (see resolve_backend).
     compress: deduplicate the keys of a batch before the exchange (the sok backend then
       uses one fused table, see SOKEmbedding).
     initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
+    vector_dtype: dtype of the looked-up vectors (float16 under AMP); the tables stay float32.
     """
     backend, _ = resolve_backend(backend)
     initializer = initializer or uniform_initializer(vocab_sizes, dim, seed)
     embedding_class = SOKEmbedding if backend == "sok" else TFEmbedding
-    return embedding_class(vocab_sizes, dim, compress, initializer)
+    return embedding_class(vocab_sizes, dim, compress, initializer, vector_dtype)
 
 
 class TFEmbedding(tf.Module):
     """One fused table over all features, row-sharded over the ranks like SOK's variables.
 
-    Global row r = offset[f] + id lives on rank r % N at local row r // N. A lookup sends each
-    key to its owner (hvd.alltoall with splits), gathers there, and sends the vectors back;
-    the gradients take the same two exchanges in reverse to the owner's shard.
+    Global row r = offset[f] + id lives on rank r % N at local row r // N. On one rank a lookup
+    is one local gather. On N ranks it sends each key to its owner (hvd.alltoall with splits),
+    gathers there, and sends the vectors back in `vector_dtype` (float16 under AMP: half the
+    bytes each way); the gradients take the same two exchanges in reverse to the owner's shard.
+    The exchange is built from fixed-size device ops only (one-hot counts and cumsums, no
+    sort, bincount or invert_permutation), so nothing in it needs host memory.
     """
 
-    def __init__(self, vocab_sizes, dim, compress, initializer):
+    _INIT_BLOCK_BYTES = 1 << 25  # the table is filled in place, 32 MiB of rows at a time
+
+    def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32):
         super().__init__(name="tf")
         self.vocab_sizes = list(vocab_sizes)
         self.dim = dim
         self.compress = compress
+        self.vector_dtype = tf.as_dtype(vector_dtype)
         self.num_ranks = hvd.size()
         self._offsets = tf.constant(feature_offsets(vocab_sizes))
-        global_rows = sharded_rows(sum(vocab_sizes), hvd.rank(), self.num_ranks)
-        self.table = tf.Variable(tf.zeros([len(global_rows), dim], tf.float32),
-                                 name="embedding_table")
-        for start in range(0, len(global_rows), _INIT_BLOCK_ROWS):
-            block = global_rows[start:start + _INIT_BLOCK_ROWS]
-            self.table[start:start + len(block)].assign(
-                tf.cast(initializer(tf.constant(block)), tf.float32))
+        total_rows = sum(vocab_sizes)
+        local_rows = len(range(hvd.rank(), total_rows, self.num_ranks))
+        self.table = tf.Variable(tf.zeros([local_rows, dim], tf.float32), name="embedding_table")
+        block_rows = max(1, self._INIT_BLOCK_BYTES // (4 * dim))
+        for start in range(0, local_rows, block_rows):
+            self._fill_rows(initializer, tf.constant(start, tf.int64),
+                            tf.constant(min(block_rows, local_rows - start), tf.int64))
+
+    def _fill_rows(self, initializer, start, count):
+        """Writes initializer's rows into local rows [start, start + count), in place (a
+        scatter, never a read or copy of the whole table)."""
+        local = tf.range(start, start + count)
+        global_rows = local * self.num_ranks + hvd.rank()
+        self.table.scatter_update(tf.IndexedSlices(
+            tf.cast(initializer(global_rows), tf.float32), local))
 
     @property
     def variables(self):
@@ -124,34 +134,43 @@ class TFEmbedding(tf.Module):
         return [v for v in variables if v.ref() not in tables]
 
     def __call__(self, ids):
-        """ids int32 [B, F] -> float32 [B, F, D]."""
+        """ids int32 [B, F] -> vector_dtype [B, F, D]."""
         keys = tf.reshape(tf.cast(ids, tf.int64) + self._offsets, [-1])       # [B*F]
         if self.compress:
             keys, key_of_lookup = tf.unique(keys)                              # [U], [B*F]
-        owners = tf.cast(keys % self.num_ranks, tf.int32)
-        by_owner = tf.argsort(owners, stable=True)
-        send_splits = tf.math.bincount(owners, minlength=self.num_ranks,
-                                       maxlength=self.num_ranks, dtype=tf.int32)
-        received_keys, received_splits = hvd.alltoall(tf.gather(keys, by_owner),
-                                                      splits=send_splits)
-        local_vectors = tf.gather(self.table, received_keys // self.num_ranks)  # [R, D]
-        vectors_by_owner, _ = hvd.alltoall(local_vectors, splits=received_splits)
-        slot_of_key = tf.math.invert_permutation(by_owner)
+        if self.num_ranks == 1:
+            vectors = tf.cast(tf.gather(self.table, keys), self.vector_dtype)  # [K, D]
+        else:
+            vectors = self._exchange(keys)
         if self.compress:
-            slot_of_key = tf.gather(slot_of_key, key_of_lookup)
-        # gather_nd (not gather): its gradient is dense, what the alltoall gradient takes.
-        vectors = tf.gather_nd(vectors_by_owner, slot_of_key[:, tf.newaxis])  # [B*F, D]
+            vectors = tf.gather(vectors, key_of_lookup)                        # [B*F, D]
         return tf.reshape(vectors, [-1, len(self.vocab_sizes), self.dim])
 
+    def _exchange(self, keys):
+        """keys int64 [K] -> their rows from the owning ranks, vector_dtype [K, D].
+
+        slot[k]: where key k goes in the send buffer, grouped by owner and in order within an
+        owner (a stable counting sort from one-hot counts)."""
+        owners = tf.cast(keys % self.num_ranks, tf.int32)                      # [K]
+        one_hot = tf.one_hot(owners, self.num_ranks, dtype=tf.int32)            # [K, N]
+        send_splits = tf.reduce_sum(one_hot, 0)                                # [N]
+        before_in_owner = tf.reduce_sum(tf.cumsum(one_hot, 0, exclusive=True) * one_hot, 1)
+        slot = tf.gather(tf.cumsum(send_splits, exclusive=True), owners) + before_in_owner
+        send_keys = tf.scatter_nd(slot[:, tf.newaxis], keys, tf.shape(keys))   # [K]
+        received_keys, received_splits = hvd.alltoall(send_keys, splits=send_splits)
+        local_vectors = tf.cast(tf.gather(self.table, received_keys // self.num_ranks),
+                                self.vector_dtype)                             # [R, D]
+        vectors_by_slot, _ = hvd.alltoall(local_vectors, splits=received_splits)
+        # gather_nd (not gather): its gradient is dense, what the alltoall gradient takes.
+        return tf.gather_nd(vectors_by_slot, slot[:, tf.newaxis])             # [K, D]
+
     def apply_gradients(self, grads, lr):
-        """Plain SGD on the local rows: grads of self.variables (IndexedSlices), lr a scalar."""
+        """Plain SGD on the local rows: table -= lr * grad. grads of self.variables
+        (IndexedSlices of the local shard; duplicate rows add up in the scatter); lr a scalar
+        (the trainer folds AMP's unscaling into it)."""
         for table, grad in zip(self.variables, grads):
-            lr = tf.cast(lr, table.dtype)
-            if isinstance(grad, tf.IndexedSlices):
-                table.scatter_sub(tf.IndexedSlices(grad.values * lr, grad.indices,
-                                                   grad.dense_shape))
-            else:
-                table.assign_sub(grad * lr)
+            table.scatter_sub(tf.IndexedSlices(grad.values * tf.cast(lr, table.dtype),
+                                               grad.indices, grad.dense_shape))
 
 
 class SOKEmbedding(tf.Module):
@@ -163,10 +182,11 @@ class SOKEmbedding(tf.Module):
     Calls sok.init() on construction, so it must come after hvd.init() and the GPU pinning.
     """
 
-    def __init__(self, vocab_sizes, dim, compress, initializer):
+    def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32):
         super().__init__(name="sok")
         self._sok = _import_sok()
         self._sok.init()
+        self.vector_dtype = tf.as_dtype(vector_dtype)
         self.vocab_sizes = list(vocab_sizes)
         self.dim = dim
         self.compress = compress
@@ -196,7 +216,7 @@ class SOKEmbedding(tf.Module):
         return others
 
     def __call__(self, ids):
-        """ids int32 [B, F] -> float32 [B, F, D]."""
+        """ids int32 [B, F] -> vector_dtype [B, F, D]."""
         ids = tf.cast(ids, tf.int64)
         num_features = len(self.vocab_sizes)
         if self.compress:
@@ -205,13 +225,14 @@ class SOKEmbedding(tf.Module):
                 self.tables, [tf.RaggedTensor.from_tensor(keys[:, tf.newaxis])],
                 combiners=["sum"])                                                  # [U, D]
             vectors = tf.gather(unique_vectors, key_of_lookup)                     # [B*F, D]
-            return tf.reshape(vectors, [-1, num_features, self.dim])
+            return tf.cast(tf.reshape(vectors, [-1, num_features, self.dim]), self.vector_dtype)
         per_feature = [tf.RaggedTensor.from_tensor(ids[:, f:f + 1]) for f in range(num_features)]
         vectors = self._sok.lookup_sparse(self.tables, per_feature,
                                           combiners=["sum"] * num_features)
-        return tf.stack(vectors, axis=1)
+        return tf.cast(tf.stack(vectors, axis=1), self.vector_dtype)
 
     def apply_gradients(self, grads, lr):
-        """sok.SGD on the local rows: grads of self.variables (IndexedSlices), lr a scalar."""
+        """sok.SGD on the local rows: grads of self.variables (IndexedSlices), lr a scalar
+        (the trainer folds AMP's unscaling into it)."""
         self._optimizer.lr.assign(tf.cast(lr, self._optimizer.lr.dtype))
         return self._optimizer.apply_gradients(zip(grads, self.tables))

@@ -232,3 +232,22 @@ def test_sok_initializer_fills_each_rank_with_its_own_rows(monkeypatch):
     assert shard_shapes == [2, 1]
     np.testing.assert_array_equal(emb.variables[0].numpy(), full_table[[1, 4]])
     np.testing.assert_array_equal(emb.variables[1].numpy(), full_table[[7 + 1]])
+
+
+def test_startup_builds_the_table_in_place():
+    """Filling the table never reads or copies all of it: the peak host memory of building a
+    1 GiB table stays within 1.25x the table (a whole-table read or copy would make it 2x)."""
+    import json
+    import subprocess
+    from conftest import ROOT
+    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__),
+                                                        "startup_memory_worker.py")],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+                                             CUDA_VISIBLE_DEVICES=""),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["table_bytes"] == 4_194_304 * 64 * 4
+    growth = got["peak_after"] - got["rss_before"]
+    assert 0.9 * got["table_bytes"] < growth < 1.25 * got["table_bytes"], got
+    assert got["checksum_rows"] != 0.0  # the last rows were filled too

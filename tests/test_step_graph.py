@@ -1,0 +1,41 @@
+"""The traced train step: no op that needs host memory or a data-dependent host decision in the
+embedding exchange, no collective on one rank, fp16 vectors across the exchange under AMP."""
+
+import json
+import os
+
+import pytest
+
+from conftest import horovodrun
+
+WORKER = os.path.join(os.path.dirname(__file__), "step_graph_worker.py")
+# InvertPermutation has a host-memory kernel; Bincount's output size depends on the data;
+# TopKV2 is what tf.argsort traces to (a sort where a counting pass does); PyFunc runs Python.
+FORBIDDEN = {"InvertPermutation", "Bincount", "DenseBincount", "TopKV2", "PyFunc",
+             "EagerPyFunc"}
+
+
+@pytest.mark.parametrize("num_ranks", [1, 2])
+@pytest.mark.parametrize("amp, compress, xla", [(0, 0, 0), (1, 0, 1), (1, 1, 0), (0, 1, 1)])
+def test_step_graph(tmp_path, num_ranks, amp, compress, xla):
+    out = tmp_path / "ops.json"
+    horovodrun(num_ranks, WORKER, out, amp, compress, xla)
+    traced = json.load(open(out))
+    ops = {(op, dtype) for op, dtype in traced["ops"]}
+    names = {op for op, _ in ops}
+    assert not names & FORBIDDEN, names & FORBIDDEN
+    # --xla: the bottom MLP and the interaction + top MLP compile, forward and backward.
+    compiled = {(kind, part) for kind in ("__forward_", "__backward_")
+                for part in ("_bottom_mlp_", "_interact_and_top_mlp_")
+                if any(kind + part in name for name in traced["xla_functions"])}
+    assert len(compiled) == (4 if xla else 0), traced["xla_functions"]
+    assert "ResourceGather" in names and "ResourceScatterSub" in names
+    horovod = {op for op in names if op.startswith("Horovod")}
+    if num_ranks == 1:
+        assert horovod == set(), horovod  # one rank: a local gather, no allreduce, no flag
+        return
+    assert {"HorovodAlltoall", "HorovodGroupedAllreduce"} <= horovod, horovod
+    assert ("HorovodAllreduce" in horovod) == bool(amp)  # the AMP overflow flag
+    alltoall = {dtype for op, dtype in ops if op == "HorovodAlltoall"}
+    # Keys cross as int64; vectors and their gradients as float16 under AMP, else float32.
+    assert alltoall == {"int64", "float16" if amp else "float32"}, alltoall
