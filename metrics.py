@@ -1,4 +1,4 @@
-"""Exact ROC AUC."""
+"""Exact ROC AUC: numpy (data tools, no TensorFlow) and TensorFlow (on the GPU, in training)."""
 
 import numpy as np
 
@@ -39,3 +39,31 @@ def roc_auc(labels, scores):
         negatives_per_run = np.bincount(run) - positives_per_run
         u -= 0.5 * float(positives_per_run @ negatives_per_run)
     return u / (num_pos * num_neg)
+
+
+def roc_auc_tf(labels, scores):
+    """Exact ROC AUC (ties count one half) computed by TF ops on the device the inputs live
+    on: one sort, one pass over the tied runs. labels {0,1} [n], scores [n] (cast to float32)
+    -> float; nan when a class is missing. Call eagerly (it reads two counts to the host).
+
+    Mann-Whitney: AUC = (sum of the positives' ascending ranks - P(P+1)/2) / (P N), a tied run
+    of scores at sorted positions [first, last] giving each member the mean rank.
+    """
+    import tensorflow as tf
+
+    scores = tf.reshape(tf.cast(scores, tf.float32), [-1]) + 0.0  # -0.0 -> +0.0
+    positive = tf.reshape(tf.cast(labels, tf.float64), [-1])
+    n = int(tf.size(scores))
+    num_pos = float(tf.reduce_sum(positive))
+    if num_pos == 0 or num_pos == n:
+        return float("nan")
+    order = tf.math.top_k(scores, k=n, sorted=True).indices                # descending
+    sorted_scores = tf.gather(scores, order)
+    starts_run = tf.concat([[True], sorted_scores[1:] != sorted_scores[:-1]], 0)
+    run = tf.cumsum(tf.cast(starts_run, tf.int32)) - 1                     # [n] run of each
+    first = tf.cast(tf.where(starts_run)[:, 0], tf.float64)                # [runs]
+    last = tf.concat([first[1:], [float(n)]], 0) - 1.0
+    ascending_rank = n - (first + last) / 2.0                              # mean rank, 1-based
+    rank_sum = tf.reduce_sum(tf.gather(ascending_rank, run) * tf.gather(positive, order))
+    num_neg = n - num_pos
+    return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))

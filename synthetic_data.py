@@ -16,6 +16,7 @@ probabilities are kept for the exact AUC, 4 bytes per test sample).
 """
 
 import argparse
+import multiprocessing
 import os
 import sys
 
@@ -76,46 +77,64 @@ def generate_chunk(seed, file_index, chunk_index, n, vocab_sizes):
     return raw, prob
 
 
+def _write_chunk(task):
+    """Generates one chunk and writes it at its offset of the file `path` (which has its full
+    size already). -> (labels int8 [n], probabilities float32 [n]) if keep, else None."""
+    path, file_index, chunk_index, first, n, vocab_sizes, seed, keep = task
+    raw, prob = generate_chunk(seed, file_index, chunk_index, n, vocab_sizes)
+    with open(path, "r+b") as f:
+        os.pwrite(f.fileno(), raw.tobytes(), first * fmt.RAW_BYTES_PER_SAMPLE)
+    return (raw[:, 0].astype(np.int8), prob.astype(np.float32)) if keep else None
+
+
 def write_raw(path, file_index, num_samples, vocab_sizes, seed, keep_probabilities=False,
-              progress=None, first_done=0):
-    """Streams num_samples synthetic samples to path (through a temporary name), reporting
-    first_done + samples written to `progress` (a progress.Progress) after each chunk.
+              progress=None, first_done=0, pool=None):
+    """Writes num_samples synthetic samples to path (through a temporary name), chunk by
+    chunk (in `pool`'s processes, if given, each writing its chunk at its offset), reporting
+    first_done + samples written to `progress` (a progress.Progress) as chunks complete.
     Returns (labels int8 [n], probabilities float32 [n]) if keep_probabilities, else None."""
     tmp = f"{path}.partial-{os.getpid()}"
-    kept_labels, kept_probs = [], []
+    tasks = [(tmp, file_index, chunk_index, first, min(CHUNK_SAMPLES, num_samples - first),
+              tuple(vocab_sizes), seed, keep_probabilities)
+             for chunk_index, first in enumerate(range(0, num_samples, CHUNK_SAMPLES))]
+    kept = []
     try:
         with open(tmp, "wb") as f:
-            for chunk_index, first in enumerate(range(0, num_samples, CHUNK_SAMPLES)):
-                n = min(CHUNK_SAMPLES, num_samples - first)
-                raw, prob = generate_chunk(seed, file_index, chunk_index, n, vocab_sizes)
-                f.write(raw)
-                if progress is not None:
-                    progress.update(first_done + first + n)
-                if keep_probabilities:
-                    kept_labels.append(raw[:, 0].astype(np.int8))
-                    kept_probs.append(prob.astype(np.float32))
+            f.truncate(num_samples * fmt.RAW_BYTES_PER_SAMPLE)
+        results = pool.imap(_write_chunk, tasks) if pool is not None else map(_write_chunk, tasks)
+        for task, result in zip(tasks, results):  # in file order
+            if progress is not None:
+                progress.update(first_done + task[3] + task[4])
+            kept.append(result)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     if keep_probabilities:
-        return np.concatenate(kept_labels), np.concatenate(kept_probs)
+        return (np.concatenate([k[0] for k in kept] or [np.zeros(0, np.int8)]),
+                np.concatenate([k[1] for k in kept] or [np.zeros(0, np.float32)]))
     return None
 
 
 def generate(out_dir, train_samples, test_samples, vocab_sizes, seed=0,
-             progress_stream=sys.stderr, progress_seconds=10.0):
+             progress_stream=sys.stderr, progress_seconds=10.0, workers=1):
     """Writes out_dir/{train_data.bin, test_data.bin, synthetic.json}; returns the JSON dict.
-    Progress (samples of both files, rate, ETA) goes to progress_stream (None: silent)."""
+    Progress (samples of both files, rate, ETA) goes to progress_stream (None: silent).
+    workers > 1 generates chunks in that many processes (same bytes as one)."""
     os.makedirs(out_dir, exist_ok=True)
     progress = Progress("synthetic_data", train_samples + test_samples, unit="M samples",
                         scale=1e6, seconds=progress_seconds, stream=progress_stream)
-    write_raw(os.path.join(out_dir, "train_data.bin"), 0, train_samples, vocab_sizes, seed,
-              progress=progress)
-    labels, probs = write_raw(os.path.join(out_dir, "test_data.bin"), 1, test_samples,
-                              vocab_sizes, seed, keep_probabilities=True, progress=progress,
-                              first_done=train_samples)
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    try:
+        write_raw(os.path.join(out_dir, "train_data.bin"), 0, train_samples, vocab_sizes, seed,
+                  progress=progress, pool=pool)
+        labels, probs = write_raw(os.path.join(out_dir, "test_data.bin"), 1, test_samples,
+                                  vocab_sizes, seed, keep_probabilities=True, progress=progress,
+                                  first_done=train_samples, pool=pool)
+    finally:
+        if pool is not None:
+            pool.terminate()
     info = {
         "seed": seed,
         "train_samples": train_samples,
@@ -137,13 +156,16 @@ def main(argv=None):
                         help="'criteo_tb_scaled' (the Criteo TB list shrunk for CPU runs), "
                              "'criteo_tb', or a JSON / comma-separated list of 26 sizes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes generating chunks (the output is the same for any)")
     args = parser.parse_args(argv)
     try:
         vocab_sizes = fmt.parse_vocab_sizes(args.vocab_sizes)
     except ValueError as err:
         print(f"synthetic_data.py: error: {err}", file=sys.stderr)
         return 2
-    info = generate(args.out_dir, args.train_samples, args.test_samples, vocab_sizes, args.seed)
+    info = generate(args.out_dir, args.train_samples, args.test_samples, vocab_sizes, args.seed,
+                    workers=args.workers)
     print(f"synthetic_data.py: wrote {args.train_samples} train and {args.test_samples} test "
           f"samples to {args.out_dir}; best test AUC (hidden probabilities) "
           f"{info['best_test_auc']:.4f}")

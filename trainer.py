@@ -14,7 +14,7 @@ import time
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
-from metrics import roc_auc
+from metrics import roc_auc_tf
 
 REFERENCE_BATCH = 55296  # the batch the schedule's step counts are defined at
 REFERENCE_WARMUP_STEPS = 2750
@@ -127,12 +127,6 @@ def _values(grad):
     return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 
 
-def _scale_grad(grad, factor):
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(grad.values * factor, grad.indices, grad.dense_shape)
-    return grad * factor
-
-
 class Trainer:
     """Owns the train and eval steps of `model` (a model.DLRM) on this Horovod rank.
 
@@ -146,6 +140,7 @@ class Trainer:
         self.global_batch = global_batch
         self.loss_scale = loss_scale
         self.compression = hvd.Compression.fp16 if allreduce_fp16 else hvd.Compression.none
+        self.num_ranks = hvd.size()  # one rank: no collective at all in the step
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # updates applied
         self.first_nonfinite_loss_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
 
@@ -168,24 +163,28 @@ class Trainer:
             if self.loss_scale is not None:
                 objective = objective * self.loss_scale.scale
         grads = tape.gradient(objective, dense_vars + embedding_vars)
-        dense_grads = hvd.grouped_allreduce(grads[:len(dense_vars)], op=hvd.Sum,
-                                            compression=self.compression)
+        dense_grads = grads[:len(dense_vars)]
+        if self.num_ranks > 1:
+            dense_grads = hvd.grouped_allreduce(dense_grads, op=hvd.Sum,
+                                                compression=self.compression)
         embedding_grads = grads[len(dense_vars):]
+        lr = self.lr_schedule(self.step)
+        rate = lr  # what multiplies the gradients in the update
         if self.loss_scale is not None:
-            inverse = 1.0 / self.loss_scale.scale
-            dense_grads = [g * inverse for g in dense_grads]
-            embedding_grads = [_scale_grad(g, inverse) for g in embedding_grads]
-            local_bad = tf.cast(tf.logical_not(_all_finite(
-                dense_grads + [_values(g) for g in embedding_grads])), tf.float32)
-            all_finite = hvd.allreduce(local_bad, op=hvd.Sum, name="nonfinite_flag") == 0.0
+            # An overflow is inf or nan whether scaled or not: check the scaled gradients and
+            # fold the unscaling into the update's rate (no extra pass over the table rows).
+            all_finite = _all_finite(dense_grads + [_values(g) for g in embedding_grads])
+            if self.num_ranks > 1:  # every rank skips if any rank saw an overflow
+                local_bad = tf.cast(tf.logical_not(all_finite), tf.float32)
+                all_finite = hvd.allreduce(local_bad, op=hvd.Sum, name="nonfinite_flag") == 0.0
+            rate = lr / self.loss_scale.scale
         else:
             all_finite = tf.constant(True)
-        lr = self.lr_schedule(self.step)
 
         def apply():
             for var, grad in zip(dense_vars, dense_grads):
-                var.assign_sub(lr * grad)
-            self.model.embedding.apply_gradients(embedding_grads, lr)
+                var.assign_sub(rate * grad)
+            self.model.embedding.apply_gradients(embedding_grads, rate)
             return tf.constant(0)
 
         tf.cond(all_finite, apply, lambda: tf.constant(0))
@@ -206,22 +205,25 @@ class Trainer:
         return tf.reshape(tf.sigmoid(self.model(features, training=False)), [-1])
 
     def evaluate(self, eval_dataset):
-        """Exact ROC AUC over the whole test set, every rank's slice gathered; same on all ranks."""
+        """Exact ROC AUC over the whole test set, every rank's slice gathered, computed on the
+        device (metrics.roc_auc_tf); the same on all ranks. -> (auc float, number of samples)."""
         probabilities, labels = [], []
         for features, label in eval_dataset:
             probabilities.append(self.predict_step(features))
             labels.append(tf.reshape(label, [-1]))
-        local_probabilities = tf.concat(probabilities, 0) if probabilities else tf.zeros([0])
-        local_labels = tf.concat(labels, 0) if labels else tf.zeros([0])
-        all_probabilities = hvd.allgather(local_probabilities).numpy()
-        all_labels = hvd.allgather(local_labels).numpy()
-        auc = roc_auc(all_labels, all_probabilities) if hvd.rank() == 0 else None
-        return hvd.broadcast_object(auc, root_rank=0), len(all_labels)
+        all_probabilities = tf.concat(probabilities, 0) if probabilities else tf.zeros([0])
+        all_labels = tf.concat(labels, 0) if labels else tf.zeros([0])
+        if self.num_ranks > 1:
+            all_probabilities = hvd.allgather(all_probabilities)
+            all_labels = hvd.allgather(all_labels)
+        return roc_auc_tf(all_labels, all_probabilities), int(tf.size(all_labels))
 
     def check_loss(self):
         """Raises FloatingPointError (on every rank alike) if any rank saw a non-finite loss."""
-        bad_step = int(hvd.allreduce(self.first_nonfinite_loss_step, op=hvd.Max,
-                                     name="nonfinite_loss_step"))
+        bad_step = self.first_nonfinite_loss_step
+        if self.num_ranks > 1:
+            bad_step = hvd.allreduce(bad_step, op=hvd.Max, name="nonfinite_loss_step")
+        bad_step = int(bad_step)
         if bad_step >= 0:
             raise FloatingPointError(f"non-finite loss at step {bad_step}; stopping "
                                      f"(lower --lr, or use --amp's loss scaling)")

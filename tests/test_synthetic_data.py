@@ -1,6 +1,7 @@
 """synthetic_data.py: determinism, the raw layout, and the recorded best AUC."""
 
 import io
+import os
 import json
 
 import numpy as np
@@ -78,3 +79,29 @@ def test_generator_reports_progress(tmp_path, monkeypatch):
     assert lines[0].startswith("synthetic_data: ") and "M samples (20.0%)" in lines[0]
     assert "ETA" in lines[0]
     assert "(100.0%)" in lines[-1]
+
+
+def test_roc_auc_tf_against_pairwise_count(rng):
+    for n in [2, 7, 500, 3000]:
+        labels = rng.integers(0, 2, n)
+        labels[0], labels[1] = 0, 1
+        for scores in [np.round(rng.random(n), 1), np.round(rng.standard_normal(n), 2),
+                       rng.standard_normal(n).astype(np.float32),
+                       np.where(rng.random(n) < 0.5, 0.0, -0.0)]:  # +0 and -0 only: all tied
+            expected = pairwise_auc(labels, scores.astype(np.float32) + np.float32(0))
+            assert abs(metrics.roc_auc_tf(labels.astype(np.float32), scores) - expected) < 1e-12
+    assert np.isnan(metrics.roc_auc_tf(np.ones(3), np.arange(3.0)))
+    assert np.isnan(metrics.roc_auc_tf(np.zeros(0), np.zeros(0)))
+
+
+def test_generator_writes_the_same_bytes_with_several_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic_data, "CHUNK_SAMPLES", 1000)  # 5 + 3 chunks
+    one = synthetic_data.generate(str(tmp_path / "one"), 4500, 2100, VOCAB, seed=3,
+                                  progress_stream=None)
+    three = synthetic_data.generate(str(tmp_path / "three"), 4500, 2100, VOCAB, seed=3,
+                                    progress_stream=None, workers=3)
+    assert one == three
+    for name in ["train_data.bin", "test_data.bin"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+    assert sorted(os.listdir(tmp_path / "three")) == ["synthetic.json", "test_data.bin",
+                                                      "train_data.bin"]  # no partial left
