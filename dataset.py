@@ -90,9 +90,12 @@ class SplitDataset:
 
     batch_size is per rank. Iterating gives one epoch; iterate again for the next.
     prefetch: batches read ahead in a background thread (0 reads in the caller's thread).
+    device: where the batches are put (e.g. "/GPU:0"), by the prefetch thread, ahead of the
+      step that takes them; None leaves them in host memory.
     """
 
-    def __init__(self, data_dir, batch_size, rank=0, num_ranks=1, training=True, prefetch=4):
+    def __init__(self, data_dir, batch_size, rank=0, num_ranks=1, training=True, prefetch=4,
+                 device=None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < num_ranks:
@@ -103,6 +106,7 @@ class SplitDataset:
         self.vocab_sizes = tuple(self.meta["vocab_sizes"])
         self.batch_size = batch_size
         self.prefetch = prefetch
+        self.device = device
         if training and batch_size * num_ranks > self.num_samples:
             raise ValueError(f"{data_dir}: global batch {batch_size * num_ranks} "
                              f"({num_ranks} ranks x {batch_size}) is larger than the dataset "
@@ -151,9 +155,7 @@ class SplitDataset:
         return dense, categorical, label
 
     def _make_batch(self, batch_range):
-        dense, categorical, label = self.read_numpy(*batch_range)
-        return (tf.convert_to_tensor(dense), tf.convert_to_tensor(categorical)), \
-            tf.convert_to_tensor(label)
+        return _to_device(self.device, *self.read_numpy(*batch_range))
 
     def __iter__(self):
         if self.prefetch > 0:
@@ -161,13 +163,24 @@ class SplitDataset:
         return map(self._make_batch, self._ranges)
 
 
+def _to_device(device, dense, categorical, label):
+    """numpy arrays -> ((dense, categorical), label) tensors on `device` (None: host)."""
+    if device is None:
+        return (tf.convert_to_tensor(dense), tf.convert_to_tensor(categorical)), \
+            tf.convert_to_tensor(label)
+    with tf.device(device):
+        return (tf.identity(dense), tf.identity(categorical)), tf.identity(label)
+
+
 class SyntheticDataset:
     """Random batches with SplitDataset's signature and no files, for profiling.
 
-    A few batches are made once and then cycled, so reading costs almost nothing.
+    A few batches are made once (on `device`, if given) and then cycled, so reading costs
+    nothing.
     """
 
-    def __init__(self, batch_size, vocab_sizes, num_batches, seed=0, distinct_batches=4):
+    def __init__(self, batch_size, vocab_sizes, num_batches, seed=0, distinct_batches=4,
+                 device=None):
         rng = np.random.default_rng(seed)
         self.vocab_sizes = tuple(vocab_sizes)
         self.batch_size = batch_size
@@ -178,8 +191,8 @@ class SyntheticDataset:
             categorical = (rng.random((batch_size, len(vocab_sizes))) *
                            np.asarray(vocab_sizes)).astype(CATEGORICAL_DTYPE)
             label = rng.integers(0, 2, (batch_size, 1))
-            self._batches.append(((tf.constant(dense, tf.float32), tf.constant(categorical)),
-                                  tf.constant(label, tf.float32)))
+            self._batches.append(_to_device(device, dense.astype(np.float32), categorical,
+                                            label.astype(np.float32)))
 
     def __len__(self):
         return self._num_batches

@@ -29,7 +29,8 @@ _section("The seed's flags")
 flags.DEFINE_string("data_dir", None, "Directory with train/ and test/ in the split format.")
 flags.DEFINE_integer("global_batch_size", 65536, "Samples per step over all ranks.")
 flags.DEFINE_bool("amp", False, "Mixed precision (float16 dense path, dynamic loss scaling).")
-flags.DEFINE_bool("xla", False, "XLA auto-clustering (TF_XLA_FLAGS=--tf_xla_auto_jit=fusible).")
+flags.DEFINE_bool("xla", False, "XLA-compile the dense part of the step (bottom MLP; "
+                  "interaction + top MLP), forward and backward.")
 flags.DEFINE_bool("compress", False, "Unique keys before the embedding exchange.")
 flags.DEFINE_bool("custom_interact", False, "Dot interaction by the custom op (custom_interact/).")
 flags.DEFINE_bool("eval_in_last", False, "Evaluate after training (and, unless --eval_interval "
@@ -146,25 +147,23 @@ def _parse_flags(argv):
         _fail(str(err))
 
 
-def _xla_flags():
-    """TF_XLA_FLAGS for --xla, set before TensorFlow starts: the seed's auto-clustering, plus
-    --tf_xla_cpu_global_jit (which CPU clustering needs) where no NVIDIA driver is loaded."""
-    flags_ = [os.environ.get("TF_XLA_FLAGS", ""), "--tf_xla_auto_jit=fusible"]
-    if not os.path.exists("/proc/driver/nvidia/version"):
-        flags_.append("--tf_xla_cpu_global_jit")
-    return " ".join(f for f in flags_ if f)
-
-
 def _pin_gpu(tf, hvd):
     """One GPU per rank (by local rank, unless hvd_wrapper.sh already left one), memory
-    growth; returns a description of the device."""
+    growth. -> (description, device for the input batches: "/GPU:0" or None)."""
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        return "CPU (no GPU visible)"
+        return "CPU (no GPU visible)", None
     gpu = gpus[hvd.local_rank() % len(gpus)] if len(gpus) > 1 else gpus[0]
     tf.config.set_visible_devices(gpu, "GPU")
     tf.config.experimental.set_memory_growth(gpu, True)
-    return gpu.name
+    return gpu.name, "/GPU:0"
+
+
+def _peak_gpu_gib(tf, input_device):
+    """Peak GPU memory TF's allocator held so far, GiB (None on CPU)."""
+    if input_device is None:
+        return None
+    return tf.config.experimental.get_memory_info(input_device)["peak"] / 2**30
 
 
 def _eval_interval(training):
@@ -188,8 +187,6 @@ def _int_list(name, values):
 def train():
     """The job: data, model, schedule, fit, report. Raises app.UsageError for bad input."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines off, warnings on
-    if FLAGS.xla:
-        os.environ["TF_XLA_FLAGS"] = _xla_flags()
     if FLAGS.data_dir is None and not FLAGS.use_synthetic_dataset:
         raise app.UsageError("give --data_dir (train/ and test/ made by split_bin.py) or "
                              "--use_synthetic_dataset")
@@ -204,7 +201,7 @@ def train():
     import trainer as training
 
     hvd.init()
-    device = _pin_gpu(tf, hvd)
+    device, input_device = _pin_gpu(tf, hvd)
     world = hvd.size()
     if FLAGS.global_batch_size % world:
         raise app.UsageError(f"--global_batch_size={FLAGS.global_batch_size} does not divide "
@@ -219,17 +216,17 @@ def train():
         except ValueError as err:
             raise app.UsageError(f"--{err}") from None
         train_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_steps,
-                                              seed=hvd.rank())
+                                              seed=hvd.rank(), device=input_device)
         eval_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_eval_steps,
-                                             seed=world + hvd.rank())
+                                             seed=world + hvd.rank(), device=input_device)
     else:
         try:
             train_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "train"), batch,
                                               hvd.rank(), world, training=True,
-                                              prefetch=FLAGS.prefetch)
+                                              prefetch=FLAGS.prefetch, device=input_device)
             eval_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "test"), batch,
                                              hvd.rank(), world, training=False,
-                                             prefetch=FLAGS.prefetch)
+                                             prefetch=FLAGS.prefetch, device=input_device)
         except (OSError, ValueError) as err:
             raise app.UsageError(str(err)) from None
         vocab_sizes = train_data.vocab_sizes
@@ -249,15 +246,21 @@ def train():
             custom_interact.load_ops()  # a missing build fails here, with the build command
             interaction = custom_interact.dot_interact
         backend, why = embedding.resolve_backend(FLAGS.embedding)
-        tables = embedding.create_embedding(backend, vocab_sizes, FLAGS.embedding_dim,
-                                            compress=FLAGS.compress, seed=FLAGS.seed)
+        start = time.perf_counter()
+        tables = embedding.create_embedding(
+            backend, vocab_sizes, FLAGS.embedding_dim, compress=FLAGS.compress, seed=FLAGS.seed,
+            vector_dtype=tf.float16 if FLAGS.amp else tf.float32)
+        table_seconds = time.perf_counter() - start
         model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=_int_list("bottom_mlp", FLAGS.bottom_mlp),
                           top_mlp=_int_list("top_mlp", FLAGS.top_mlp), interaction=interaction,
-                          seed=FLAGS.seed)
+                          seed=FLAGS.seed, jit_compile=FLAGS.xla)
     except (ValueError, ImportError, OSError, RuntimeError) as err:  # op or SOK missing
         raise app.UsageError(str(err)) from None
+    startup_peak_gib = _peak_gpu_gib(tf, input_device)
     say(f"embedding backend {tables.name} ({why}), {sum(vocab_sizes):,} rows x "
-        f"{FLAGS.embedding_dim}, compress {FLAGS.compress}, amp {FLAGS.amp}, xla {FLAGS.xla}, "
+        f"{FLAGS.embedding_dim} in {table_seconds:.1f} s"
+        f"{'' if startup_peak_gib is None else f' (GPU peak {startup_peak_gib:.1f} GiB)'}, "
+        f"compress {FLAGS.compress}, amp {FLAGS.amp}, xla {FLAGS.xla}, "
         f"interaction {'custom op' if FLAGS.custom_interact else 'tf'}")
 
     try:
@@ -291,7 +294,9 @@ def train():
     except dataset.DataError as err:  # only the rank that read it may know: every rank says it
         _fail(str(err), every_rank=True)
     report.update(embedding=tables.name, compress=FLAGS.compress, amp=FLAGS.amp, xla=FLAGS.xla,
-                  custom_interact=FLAGS.custom_interact, device=device)
+                  custom_interact=FLAGS.custom_interact, device=device,
+                  table_seconds=table_seconds, startup_peak_gpu_gib=startup_peak_gib,
+                  peak_gpu_gib=_peak_gpu_gib(tf, input_device))
     say(training.format_report(report), flush=True)
     if FLAGS.results_json and hvd.rank() == 0:
         fmt.write_json_atomic(FLAGS.results_json, report)

@@ -74,13 +74,17 @@ class DLRM(tf.keras.Model):
         custom op custom_interact.dot_interact).
       seed: seed of the dense initialisers (layer k, counted over bottom then top: kernel
         seed + 2k, bias seed + 2k + 1).
+      jit_compile: XLA-compile the dense part, forward and backward: the bottom MLP, and the
+        interaction with the top MLP (the top MLP alone when `interaction` is not
+        dot_interaction, e.g. the custom op, which has no XLA kernel). The embedding lookup
+        and its exchange stay outside.
 
     call((dense float32 [B, 13], categorical int32 [B, F])) -> logits float32 [B, 1]
     """
 
     def __init__(self, embedding, vocab_sizes, bottom_mlp=(512, 256, 128),
                  top_mlp=(1024, 1024, 512, 256, 1), interaction=dot_interaction, seed=0,
-                 **kwargs):
+                 jit_compile=False, **kwargs):
         super().__init__(**kwargs)
         if bottom_mlp[-1] != embedding.dim:
             raise ValueError(f"the last bottom MLP width ({bottom_mlp[-1]}) must equal the "
@@ -102,18 +106,35 @@ class DLRM(tf.keras.Model):
         # scores (ties in the AUC) and can overflow.
         self.top_layers.append(_dense_layer(top_mlp[-1], None, top_seed + 2 * (len(top_mlp) - 1),
                                             dtype="float32"))
+        compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
+        self._bottom = compiled(self._bottom_mlp)
+        if interaction is dot_interaction:
+            self._interaction, self._top = (lambda x: x), compiled(self._interact_and_top_mlp)
+        else:
+            self._interaction, self._top = interaction, compiled(self._top_mlp)
+
+    def _bottom_mlp(self, dense):
+        """[B, 13] -> [B, D]."""
+        for layer in self.bottom_layers:
+            dense = layer(dense)
+        return dense
+
+    def _top_mlp(self, interactions):
+        """[B, W] -> logits float32 [B, 1]."""
+        for layer in self.top_layers:
+            interactions = layer(interactions)
+        return tf.cast(interactions, tf.float32)
+
+    def _interact_and_top_mlp(self, features):
+        """[B, 1 + F, D] -> logits float32 [B, 1], with dot_interaction."""
+        return self._top_mlp(dot_interaction(features))
 
     def call(self, inputs, training=False):
         dense, categorical = inputs
-        bottom = dense
-        for layer in self.bottom_layers:
-            bottom = layer(bottom)                                      # [B, D]
+        bottom = self._bottom(dense)                                    # [B, D]
         vectors = tf.cast(self.embedding(categorical), bottom.dtype)    # [B, F, D]
         features = tf.concat([bottom[:, tf.newaxis, :], vectors], axis=1)  # [B, 1 + F, D]
-        top = self.interaction(features)                                # [B, W]
-        for layer in self.top_layers:
-            top = layer(top)
-        return tf.cast(top, tf.float32)                                 # [B, 1]
+        return self._top(self._interaction(features))                   # [B, 1]
 
     @property
     def embedding_variables(self):
