@@ -13,6 +13,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/platform/tensor_float_32_utils.h"
 #include "tensorflow/core/util/work_sharder.h"
 
 namespace tensorflow {
@@ -161,6 +162,13 @@ Status GpuStatus(int code) {
                           dot_interact_gpu_error_string(code));
 }
 
+// The tensor-core path computes float32 inputs in TF32: only where TF allows TF32
+// (tf.config.experimental.enable_tensor_float_32_execution), exact fp32 SIMT otherwise.
+template <typename T>
+int AllowFast() {
+  return !std::is_same<T, float>::value || tensor_float_32_execution_enabled();
+}
+
 Status CheckGpuFeatures(int F) {
   if (F > kDotInteractGpuMaxFeatures)
     return errors::InvalidArgument("dot_interact's GPU kernel supports F <= ",
@@ -183,7 +191,7 @@ class DotInteractOp<Eigen::GpuDevice, T> : public OpKernel {
     void* stream = ctx->eigen_device<Eigen::GpuDevice>().stream();
     OP_REQUIRES_OK(ctx, GpuStatus(dot_interact_forward_gpu(
                             GpuDtype<T>::value, x.flat<T>().data(), y->flat<T>().data(), B,
-                            F, D, stream, /*allow_fast=*/1)));
+                            F, D, stream, AllowFast<T>())));
   }
 };
 
@@ -203,7 +211,7 @@ class DotInteractGradOp<Eigen::GpuDevice, T> : public OpKernel {
     void* stream = ctx->eigen_device<Eigen::GpuDevice>().stream();
     OP_REQUIRES_OK(ctx, GpuStatus(dot_interact_backward_gpu(
                             GpuDtype<T>::value, x.flat<T>().data(), g.flat<T>().data(),
-                            dx->flat<T>().data(), B, F, D, stream, /*allow_fast=*/1)));
+                            dx->flat<T>().data(), B, F, D, stream, AllowFast<T>())));
   }
 };
 

@@ -1,13 +1,40 @@
-"""custom_interact's TF op on the CPU against a float64 numpy reference and model.dot_interaction."""
+"""custom_interact's TF op on every device TF lists (the CPU, and GPUs where TF has them)
+against a float64 numpy reference and model.dot_interaction.
+
+float32 is exact fp32 in these tests (TF32 off), except where a test turns TF32 on: then the
+GPU's tensor-core path computes fp32 inputs in TF32, and only then."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+DEVICES = ["/CPU:0"] + [d.name for d in tf.config.list_logical_devices("GPU")]
+GPUS = DEVICES[1:]
+
 
 @pytest.fixture(scope="module")
 def ci(built_custom_interact):
     return built_custom_interact
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Runs the test's ops on each device in turn."""
+    with tf.device(request.param):
+        yield request.param
+
+
+def on(device, tensor):
+    """Asserts the op ran where it was asked to (no silent fallback to another device)."""
+    assert tensor.device.endswith(device.replace("/", "")), (tensor.device, device)
+    return tensor
 
 
 def ref_forward(x):
@@ -60,14 +87,18 @@ def random_case(rng, shape, dtype):
     return x, g
 
 
-@pytest.mark.parametrize("dtype", list(TOL), ids=lambda d: d.name)
+CASES = [(device, dtype) for device in DEVICES for dtype in TOL
+         if not (device in GPUS and dtype == tf.float64)]  # float64: CPU kernel only
+
+
+@pytest.mark.parametrize("device_name, dtype", CASES, ids=lambda c: getattr(c, "name", c))
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_values_and_gradients_vs_numpy(ci, rng, shape, dtype):
+def test_values_and_gradients_vs_numpy(ci, rng, shape, device_name, dtype):
     x, g = random_case(rng, shape, dtype)
-    with tf.GradientTape() as tape:
+    with tf.device(device_name), tf.GradientTape() as tape:
         tape.watch(x)
-        y = ci.dot_interact(x)
-    dx = tape.gradient(y, x, output_gradients=g)
+        y = on(device_name, ci.dot_interact(x))
+        dx = on(device_name, tape.gradient(y, x, output_gradients=g))
     assert y.dtype == dtype and dx.dtype == dtype
     x64, g64 = x.numpy().astype(np.float64), g.numpy().astype(np.float64)
     ref_y = ref_forward(x64)
@@ -79,7 +110,7 @@ def test_values_and_gradients_vs_numpy(ci, rng, shape, dtype):
     assert rel_err(dx.numpy(), ref_backward(x64, g64)) < TOL[dtype]
 
 
-def test_random_shapes(ci, rng):
+def test_random_shapes(ci, rng, device):
     for _ in range(10):
         shape = (int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 70)))
         x, g = random_case(rng, shape, tf.float32)
@@ -88,12 +119,30 @@ def test_random_shapes(ci, rng):
         assert rel_err(ci.dot_interact_grad(x, g).numpy(), ref_backward(x64, g64)) < 1e-6, shape
 
 
-def test_large_batch_sharded(ci, rng):
-    # Enough samples that the CPU kernel splits the batch over threads.
+def test_large_batch(ci, rng, device):
+    # Enough samples that the CPU kernel splits the batch over threads (and the GPU's fast
+    # path, D = 128 and F <= 32, runs many blocks).
     x, g = random_case(rng, (257, 27, 128), tf.float32)
     x64, g64 = x.numpy().astype(np.float64), g.numpy().astype(np.float64)
-    assert rel_err(ci.dot_interact(x).numpy(), ref_forward(x64)) < 1e-6
+    assert rel_err(on(device, ci.dot_interact(x)).numpy(), ref_forward(x64)) < 1e-6
     assert rel_err(ci.dot_interact_grad(x, g).numpy(), ref_backward(x64, g64)) < 1e-6
+
+
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_float32_uses_tf32_only_on_a_gpu_and_only_when_tf_allows_it(ci, rng, device_name):
+    x, g = random_case(rng, (512, 27, 128), tf.float32)  # the tensor-core path's shape
+    x64, g64 = x.numpy().astype(np.float64), g.numpy().astype(np.float64)
+    errors = {}
+    for tf32 in (False, True):
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+        with tf.device(device_name):
+            errors[tf32] = (rel_err(on(device_name, ci.dot_interact(x)).numpy(), ref_forward(x64)),
+                            rel_err(ci.dot_interact_grad(x, g).numpy(), ref_backward(x64, g64)))
+    assert max(errors[False]) < 1e-6, errors  # exact fp32
+    if device_name in GPUS:
+        assert 1e-5 < min(errors[True]) and max(errors[True]) < 1e-3, errors  # TF32: ~3e-4
+    else:
+        assert max(errors[True]) < 1e-6, errors  # the CPU kernel has no TF32
 
 
 def test_compute_gradient(ci, rng):
@@ -103,7 +152,7 @@ def test_compute_gradient(ci, rng):
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
 
 
-def test_matches_model_interaction(ci, rng):
+def test_matches_model_interaction(ci, rng, device):
     model = pytest.importorskip("model")
     for shape in [(1, 27, 128), (6, 5, 7)]:
         x, g = random_case(rng, shape, tf.float32)
@@ -125,7 +174,7 @@ def test_static_shape_inference(ci):
     assert f(tf.ones([2, 27, 128], tf.float16)).shape == (2, 480)
 
 
-def test_bad_shapes_raise(ci):
+def test_bad_shapes_raise(ci, device):
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
         ci.dot_interact(tf.ones([2, 3]))
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
