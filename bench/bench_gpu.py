@@ -1,0 +1,254 @@
+"""DLRM on one GPU: the seed's configurations end to end, and the step's parts beside their floors.
+
+    python3 bench/bench_gpu.py configs --out=DIR [--steps=300]   main.py runs -> DIR/configs.{json,md}
+    python3 bench/bench_gpu.py parts --out=DIR                    parts alone -> DIR/parts.{json,md}
+
+configs: one `main.py --use_synthetic_dataset --vocab_sizes=criteo_tb --global_batch_size=65536
+--embedding=tf` run per configuration (full Criteo table, 187.8M x 128 fp32 = 89.5 GiB), each in
+its own process; ms/iter and samples/s over the steps after the first (the report's), first-step
+time (tracing, XLA compilation, PTX JIT), table start-up time, peak GPU memory at start and at
+the end (TF's allocator).
+
+parts: in one process, each part of a step at batch 65536 (26 lookups a sample) timed alone:
+a tf.function runs it REPEATS times back to back, median of 3 such loops. Floors: bytes over
+the copy bandwidth and FLOPs over the fp16 matmul rate, both measured first in the same run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CONFIGS = {  # name -> main.py flags; the seed's rows first
+    "amp xla custom": ["--amp", "--xla", "--custom_interact"],
+    "fp32 compress xla custom": ["--compress", "--xla", "--custom_interact"],
+    "amp custom": ["--amp", "--custom_interact"],
+    "amp xla": ["--amp", "--xla"],
+    "amp": ["--amp"],
+    "fp32 compress custom": ["--compress", "--custom_interact"],
+    "fp32 xla custom": ["--xla", "--custom_interact"],
+    "amp compress xla custom": ["--amp", "--compress", "--xla", "--custom_interact"],
+}
+BATCH, FEATURES, DIM, DENSE = 65536, 26, 128, 13
+REPORT_KEYS = ["ms_per_iteration", "samples_per_second", "first_step_seconds", "table_seconds",
+               "startup_peak_gpu_gib", "peak_gpu_gib"]
+
+
+def run_configs(out_dir, steps, names):
+    rows = []
+    for name in names:
+        results = os.path.join(out_dir, f"{name.replace(' ', '_')}.json")
+        cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--use_synthetic_dataset",
+               "--vocab_sizes=criteo_tb", f"--global_batch_size={BATCH}", "--embedding=tf",
+               f"--early_stop={steps}", f"--log_interval={steps}", "--eval_in_last",
+               f"--results_json={results}", *CONFIGS[name]]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        with open(os.path.join(out_dir, f"{name.replace(' ', '_')}.log"), "w") as log:
+            log.write(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            print(f"{name}: FAILED ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}",
+                  flush=True)
+            rows.append({"config": name, "failed": proc.returncode})
+            continue
+        report = json.load(open(results))
+        row = {"config": name, "flags": " ".join(CONFIGS[name]),
+               "wall_seconds": time.perf_counter() - start,
+               **{key: report[key] for key in REPORT_KEYS}}
+        rows.append(row)
+        print(f"{name}: {row['ms_per_iteration']:.2f} ms/iter "
+              f"{row['samples_per_second'] / 1e6:.2f}M samples/s, first step "
+              f"{row['first_step_seconds']:.1f} s, peak {row['peak_gpu_gib']:.1f} GiB", flush=True)
+    table = ["| configuration | ms/iter | M samples/s | first step s | table init s | "
+             "peak GiB at start | peak GiB |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "failed" in row:
+            table.append(f"| {row['config']} | failed | | | | | |")
+            continue
+        table.append(f"| {row['config']} | {row['ms_per_iteration']:.2f} | "
+                     f"{row['samples_per_second'] / 1e6:.2f} | {row['first_step_seconds']:.1f} | "
+                     f"{row['table_seconds']:.1f} | {row['startup_peak_gpu_gib']:.1f} | "
+                     f"{row['peak_gpu_gib']:.1f} |")
+    return rows, table
+
+
+def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
+    import numpy as np
+    import tensorflow as tf
+
+    import custom_interact
+    import data_format as fmt
+    import metrics
+    import model as dlrm
+
+    rows = []
+
+    def timed(name, body, floor_ms=None):
+        @tf.function
+        def loop():
+            acc = tf.constant(0.0)
+            for _ in tf.range(repeats):
+                acc += tf.reduce_sum(tf.reshape(tf.cast(body(), tf.float32), [-1])[:1])
+            return acc
+        loop().numpy()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            loop().numpy()
+            times.append((time.perf_counter() - start) / repeats * 1e3)
+        ms = sorted(times)[1]
+        rows.append({"part": name, "ms": ms, "floor_ms": floor_ms})
+        floor = f"  floor {floor_ms:.3f} ms ({ms / floor_ms:.1f}x)" if floor_ms else ""
+        print(f"{name:52s} {ms:8.3f} ms{floor}", flush=True)
+        return ms
+
+    # Ceilings, measured here: device copy (read + write) and fp16 matmul (small in smoke runs).
+    smoke = rows_total is not None
+    big = tf.random.uniform([1 << (20 if smoke else 28)], dtype=tf.float32)  # 1 GiB
+    copy_ms = timed("copy 1 GiB (ceiling)", lambda: big * 1.0)
+    bandwidth = 2 * big.shape[0] * 4 / (copy_ms * 1e-3)
+    n = 256 if smoke else 8192
+    a = tf.cast(tf.random.normal([n, n]), tf.float16)
+    matmul_ms = timed(f"fp16 matmul {n}^3 (ceiling)", lambda: tf.matmul(a, a))
+    flops = 2 * n ** 3 / (matmul_ms * 1e-3)
+    rows.append({"part": "ceilings", "bandwidth_tb_s": bandwidth / 1e12,
+                 "fp16_tflop_s": flops / 1e12})
+    del big
+
+    def bytes_floor(nbytes):
+        return nbytes / bandwidth * 1e3
+
+    vocab = np.asarray(fmt.CRITEO_TB_VOCAB_SIZES)
+    if rows_total is not None:  # a smaller table (a smoke run): vocabularies scaled down
+        vocab = np.maximum(1, vocab * rows_total // vocab.sum())
+    rows_total = int(vocab.sum())
+    lookups = batch * FEATURES
+    table = tf.Variable(tf.zeros([rows_total, DIM], tf.float32))
+    rng = np.random.default_rng(0)
+    ids = (rng.random((batch, FEATURES)) ** 3 * vocab).astype(np.int64)
+    keys = tf.constant((ids + np.concatenate([[0], np.cumsum(vocab)[:-1]])).reshape(-1))
+    unique_keys, _ = tf.unique(keys)
+    print(f"{lookups} lookups, {int(tf.size(unique_keys))} unique (skewed ids, u**3)", flush=True)
+    grads = tf.random.normal([lookups, DIM]) * 1e-9
+    row = DIM * 4
+    timed("gather 1.7M rows fp32", lambda: tf.gather(table, keys), bytes_floor(2 * lookups * row))
+    timed("gather 1.7M rows + cast fp16", lambda: tf.cast(tf.gather(table, keys), tf.float16),
+          bytes_floor(lookups * (row + row // 2)))
+    timed("unique 1.7M keys", lambda: tf.unique(keys)[0])
+
+    def scatter_duplicates():
+        table.scatter_sub(tf.IndexedSlices(grads, keys))
+        return tf.constant(0.0)
+
+    def unique_segment_scatter():
+        unique, slot = tf.unique(keys)
+        summed = tf.math.unsorted_segment_sum(grads, slot, tf.size(unique))
+        table.scatter_sub(tf.IndexedSlices(summed, unique))
+        return tf.constant(0.0)
+
+    def sorted_segment_scatter():
+        order = tf.argsort(keys)
+        sorted_keys = tf.gather(keys, order)
+        starts = tf.concat([[True], sorted_keys[1:] != sorted_keys[:-1]], 0)
+        segment = tf.cumsum(tf.cast(starts, tf.int32)) - 1
+        summed = tf.math.segment_sum(tf.gather(grads, order), segment)
+        table.scatter_sub(tf.IndexedSlices(summed, tf.boolean_mask(sorted_keys, starts)))
+        return tf.constant(0.0)
+
+    update_floor = bytes_floor(lookups * row + 2 * int(tf.size(unique_keys)) * row)
+    for name, body in [("update: scatter_sub, duplicate keys", scatter_duplicates),
+                       ("update: unique + segment_sum + scatter_sub", unique_segment_scatter),
+                       ("update: argsort + sorted segment_sum + scatter_sub",
+                        sorted_segment_scatter)]:
+        timed(name, body, update_floor)
+    del table
+
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+
+    dense = tf.random.normal([batch, DENSE])
+    vectors = tf.cast(tf.random.normal([batch, FEATURES, DIM]) * 0.1, tf.float16)
+
+    class FixedVectors:  # the dense part alone: the lookup returns the same vectors
+        dim = DIM
+        vocab_sizes = [1] * FEATURES
+        variables = []
+
+        def __call__(self, ids):
+            return vectors
+
+        def exclude_tables(self, variables):
+            return variables
+    mlp_flops = 3 * 2 * batch * sum(a * b for a, b in zip(
+        [DENSE, 512, 256, 480, 1024, 1024, 512, 256], [512, 256, 128, 1024, 1024, 512, 256, 1]))
+    for name, interaction, jit in [("dense part fwd+bwd, AMP, TF interaction", None, False),
+                                   ("dense part fwd+bwd, AMP, TF interaction, XLA", None, True),
+                                   ("dense part fwd+bwd, AMP, custom op", "custom", False),
+                                   ("dense part fwd+bwd, AMP, custom op, XLA", "custom", True)]:
+        net = dlrm.DLRM(FixedVectors(), [1] * FEATURES, jit_compile=jit, interaction=(
+            custom_interact.dot_interact if interaction else dlrm.dot_interaction))
+
+        def dense_step(net=net):
+            with tf.GradientTape() as tape:
+                tape.watch(vectors)
+                logits = net((dense, tf.zeros([batch, FEATURES], tf.int32)), training=True)
+                loss = tf.reduce_sum(logits)
+            grads = tape.gradient(loss, net.trainable_variables + [vectors])
+            return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
+        timed(name, dense_step, mlp_flops / flops * 1e3)
+    tf.keras.mixed_precision.set_global_policy("float32")
+
+    scores = tf.random.uniform([num_scores])
+    labels = tf.cast(tf.random.uniform([num_scores]) < 0.03, tf.float32)
+    metrics.roc_auc_tf(labels, scores)
+    start = time.perf_counter()
+    auc = metrics.roc_auc_tf(labels, scores)
+    auc_seconds = time.perf_counter() - start
+    rows.append({"part": f"exact AUC over {num_scores:,} scores (roc_auc_tf)",
+                 "ms": auc_seconds * 1e3, "floor_ms": None})
+    print(f"exact AUC over {num_scores:,} scores: {auc_seconds * 1e3:.1f} ms (AUC {auc:.4f})",
+          flush=True)
+    if tf.config.list_logical_devices("GPU"):
+        rows.append({"part": "peak GPU memory GiB",
+                     "value": tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30})
+    table_md = ["| part | ms | floor ms | / floor |", "|---|---|---|---|"]
+    for row in rows:
+        if "ms" in row:
+            floor = row["floor_ms"]
+            ratio = "" if floor is None else f"{row['ms'] / floor:.1f}"
+            floor = "" if floor is None else f"{floor:.3f}"
+            table_md.append(f"| {row['part']} | {row['ms']:.3f} | {floor} | {ratio} |")
+    return rows, table_md
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["configs", "parts"])
+    parser.add_argument("--out", required=True, help="directory for the JSON, markdown and logs")
+    parser.add_argument("--steps", type=int, default=300, help="configs: steps per run")
+    parser.add_argument("--only", default=None, help="configs: comma-separated names")
+    parser.add_argument("--repeats", type=int, default=20, help="parts: runs per timing loop")
+    parser.add_argument("--batch", type=int, default=BATCH, help="parts: batch (smoke runs)")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="parts: table rows (default the full Criteo table; smoke runs)")
+    parser.add_argument("--scores", type=int, default=89_137_319, help="parts: AUC scores")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.mode == "configs":
+        names = args.only.split(",") if args.only else list(CONFIGS)
+        rows, table = run_configs(args.out, args.steps, names)
+    else:
+        rows, table = run_parts(args.repeats, args.batch, args.rows, args.scores)
+    with open(os.path.join(args.out, f"{args.mode}.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(args.out, f"{args.mode}.md"), "w") as f:
+        f.write("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One stage of the GPU checks and figures, on a GPU machine with the environment of
+# ../shared/gpu/ unpacked (boot.sh). Logs and JSON go to $OUT (default /tmp/gpu_out).
+#
+#   bash bench/gpu_run.sh build      the custom op against this TensorFlow (CUDA build)
+#   bash bench/gpu_run.sh tests      the GPU-facing tests: the op on the GPU, the step graph
+#   bash bench/gpu_run.sh configs    bench_gpu.py configs (the seed's configurations)
+#   bash bench/gpu_run.sh parts      bench_gpu.py parts (the step's parts beside their floors)
+#   bash bench/gpu_run.sh real_data  20M/2M synthetic samples at full Criteo vocabularies:
+#                                    generate, split, train one epoch, evaluate
+#   bash bench/gpu_run.sh suite      the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source /opt/dlrm-gpu/env.sh
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+stage=$1; shift
+case "$stage" in
+  build)
+    make -s -C custom_interact PYTHON="$(command -v python)" 2>&1 | grep -v "ptxas info" || true
+    test -f custom_interact/build/_dot_interact_ops.so ;;
+  tests)
+    python -m pytest -q tests/test_custom_interact.py tests/test_step_graph.py "$@" 2>&1 \
+      | tee "$OUT/tests.log" ;;
+  configs)
+    python bench/bench_gpu.py configs --out="$OUT/configs" "$@" ;;
+  parts)
+    python bench/bench_gpu.py parts --out="$OUT/parts" "$@" ;;
+  real_data)
+    data=${DATA:-/tmp/dlrm_real}
+    if [ ! -f "$data/test/metadata.json" ]; then
+      /usr/bin/time -v python synthetic_data.py "$data/raw" --train_samples=20000000 \
+        --test_samples=2000000 --vocab_sizes=criteo_tb --workers="$(nproc)" 2> "$OUT/generate.log"
+      for part in train test; do
+        python split_bin.py "$data/raw/${part}_data.bin" "$data/$part" --vocab_sizes=criteo_tb
+      done
+    fi
+    python main.py --data_dir="$data" --global_batch_size=65536 --amp --xla --custom_interact \
+      --warmup_steps=50 --decay_start_step=200 --decay_steps=105 --eval_interval=100 \
+      --eval_in_last --auc_target=1.0 --log_interval=50 --results_json="$OUT/real_data.json" "$@" \
+      2>&1 | tee "$OUT/real_data.log"
+    python -c "import json; print('best AUC the data allows:', json.load(open('$data/raw/synthetic.json'))['best_test_auc'])" \
+      | tee -a "$OUT/real_data.log" ;;
+  suite)
+    python -m pytest -q tests "$@" 2>&1 | tee "$OUT/suite.log" ;;
+  *)
+    echo "gpu_run.sh: unknown stage $stage"; exit 2 ;;
+esac
