@@ -99,7 +99,9 @@ class TFEmbedding(tf.Module):
     sort, bincount or invert_permutation), so nothing in it needs host memory.
     """
 
-    _INIT_BLOCK_BYTES = 1 << 25  # the table is filled in place, 32 MiB of rows at a time
+    # The table is filled in place in blocks of 1/64 of it (at least 32 MiB): the initializer's
+    # temporaries stay a few percent of the table, and a 90 GiB table takes 64 scatters.
+    _INIT_BLOCKS, _MIN_INIT_BLOCK_BYTES = 64, 1 << 25
 
     def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32):
         super().__init__(name="tf")
@@ -112,7 +114,7 @@ class TFEmbedding(tf.Module):
         total_rows = sum(vocab_sizes)
         local_rows = len(range(hvd.rank(), total_rows, self.num_ranks))
         self.table = tf.Variable(tf.zeros([local_rows, dim], tf.float32), name="embedding_table")
-        block_rows = max(1, self._INIT_BLOCK_BYTES // (4 * dim))
+        block_rows = max(1, self._MIN_INIT_BLOCK_BYTES // (4 * dim), -(-local_rows // self._INIT_BLOCKS))
         for start in range(0, local_rows, block_rows):
             self._fill_rows(initializer, tf.constant(start, tf.int64),
                             tf.constant(min(block_rows, local_rows - start), tf.int64))

@@ -88,18 +88,31 @@ def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
 
     rows = []
 
-    def timed(name, body, floor_ms=None):
+    def timed(name, body, floor_ms=None, in_graph=True):
+        """in_graph: the repeats run as one tf.function's loop; else as `repeats` calls of a
+        tf.function (the dense parts: an XLA-compiled function inside a graph loop crashed
+        TF 2.15 here, 'Mutex corrupt')."""
+        step = tf.function(lambda: tf.reduce_sum(tf.reshape(tf.cast(body(), tf.float32), [-1])[:1]))
+
         @tf.function
         def loop():
             acc = tf.constant(0.0)
             for _ in tf.range(repeats):
-                acc += tf.reduce_sum(tf.reshape(tf.cast(body(), tf.float32), [-1])[:1])
+                acc += step()
             return acc
-        loop().numpy()
+
+        def python_loop():
+            acc = 0.0
+            for _ in range(repeats):
+                acc += step()
+            return acc
+
+        run = loop if in_graph else python_loop
+        run().numpy()
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            loop().numpy()
+            run().numpy()
             times.append((time.perf_counter() - start) / repeats * 1e3)
         ms = sorted(times)[1]
         rows.append({"part": name, "ms": ms, "floor_ms": floor_ms})
@@ -110,7 +123,7 @@ def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
     # Ceilings, measured here: device copy (read + write) and fp16 matmul (small in smoke runs).
     smoke = rows_total is not None
     big = tf.random.uniform([1 << (20 if smoke else 28)], dtype=tf.float32)  # 1 GiB
-    copy_ms = timed("copy 1 GiB (ceiling)", lambda: big * 1.0)
+    copy_ms = timed("copy 1 GiB (ceiling)", lambda: big + 1.0)  # (* 1.0 is optimised away)
     bandwidth = 2 * big.shape[0] * 4 / (copy_ms * 1e-3)
     n = 256 if smoke else 8192
     a = tf.cast(tf.random.normal([n, n]), tf.float16)
@@ -199,7 +212,7 @@ def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
                 loss = tf.reduce_sum(logits)
             grads = tape.gradient(loss, net.trainable_variables + [vectors])
             return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
-        timed(name, dense_step, mlp_flops / flops * 1e3)
+        timed(name, dense_step, mlp_flops / flops * 1e3, in_graph=False)
     tf.keras.mixed_precision.set_global_policy("float32")
 
     scores = tf.random.uniform([num_scores])

@@ -14,6 +14,8 @@ VENV_BIN = os.path.dirname(sys.executable)
 # TF32 in cuBLAS (this process and every rank it starts). test_custom_interact turns TF's own
 # TF32 switch on where it tests the op's TF32 path.
 os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+# The tests that run TF in this process must leave the GPU to the ranks they start.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 
 def write_raw(path, label, dense, categorical):
