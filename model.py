@@ -108,6 +108,8 @@ class DLRM(tf.keras.Model):
                                             dtype="float32"))
         compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
         self._bottom = compiled(self._bottom_mlp)
+        # dot_interaction compiles with the top MLP; another interaction (the custom op, which
+        # has no XLA kernel) runs on its own between the two compiled parts.
         if interaction is dot_interaction:
             self._interaction, self._top = (lambda x: x), compiled(self._interact_and_top_mlp)
         else:
