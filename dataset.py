@@ -134,25 +134,31 @@ class SplitDataset:
         end = start + count
         dense = self._files[fmt.DENSE_FILE][start:end].astype(np.float32)
         raw_label = self._files[fmt.LABEL_FILE][start:end]
-        if count and raw_label.view(np.uint8).max() > 1:
-            i = int(np.flatnonzero(raw_label.view(np.uint8) > 1)[0])
-            raise DataError(f"{os.path.join(self.data_dir, fmt.LABEL_FILE)}: sample {start + i}: "
-                            f"label is {raw_label[i]}, expected 0 or 1")
-        label = raw_label.astype(np.float32).reshape(count, 1)
         categorical = np.empty((count, len(self._categories)), CATEGORICAL_DTYPE)
         for feature, column in enumerate(self._categories):
             categorical[:, feature] = column[start:end]
+        self.check(start, categorical, raw_label)
+        label = raw_label.astype(np.float32).reshape(count, 1)
+        return dense, categorical, label
+
+    def check(self, start, categorical, raw_label):
+        """Raises DataError unless every id of categorical int32 [n, F] (samples start..) is in
+        [0, vocab) and every label of raw_label int8 [n] is 0 or 1."""
+        if len(raw_label) and raw_label.view(np.uint8).max() > 1:
+            i = int(np.flatnonzero(raw_label.view(np.uint8) > 1)[0])
+            raise DataError(f"{os.path.join(self.data_dir, fmt.LABEL_FILE)}: sample {start + i}: "
+                            f"label is {raw_label[i]}, expected 0 or 1")
         # Negative ids wrap to >= 2**31 > any vocabulary: one unsigned compare checks both ends,
         # flat against the limits tiled per row (a broadcast over rows of 26 is 3x slower).
-        if categorical.size > self._vocab_limits.size:  # more rows than a batch (read_numpy's caller)
-            self._vocab_limits = np.tile(self._vocab_limits[:len(self.vocab_sizes)], count)
-        out_of_range = categorical.view(np.uint32).reshape(-1) >= self._vocab_limits[:categorical.size]
+        limits = self._vocab_limits
+        if categorical.size > limits.size:  # more rows than a batch
+            limits = np.tile(limits[:len(self.vocab_sizes)], len(categorical))
+        out_of_range = categorical.view(np.uint32).reshape(-1) >= limits[:categorical.size]
         if out_of_range.any():
             i, feature = divmod(int(np.flatnonzero(out_of_range)[0]), len(self.vocab_sizes))
             raise DataError(f"{os.path.join(self.data_dir, fmt.category_file(feature))}: sample "
                             f"{start + i}: categorical feature {feature} is "
                             f"{categorical[i, feature]}, outside [0, {self.vocab_sizes[feature]})")
-        return dense, categorical, label
 
     def _make_batch(self, batch_range):
         return _to_device(self.device, *self.read_numpy(*batch_range))

@@ -1,9 +1,10 @@
 """Model-parallel embedding tables for DLRM: SOK 2.x, or TensorFlow + Horovod alltoall.
 
 Every backend maps categorical ids [B, F] (ids[:, f] in [0, vocab_sizes[f])) to vectors
-[B, F, D] of its vector_dtype (float32, or float16 under AMP; the tables stay float32). Its tables are row-sharded over the Horovod ranks; each rank holds only
-its own rows, its table gradients come back as tf.IndexedSlices of the local shard, and
-`apply_gradients` applies plain SGD to those rows. They are never allreduced.
+[B, F, D] of its vector_dtype (float32, or float16 under AMP; the tables stay float32). Its
+tables are row-sharded over the Horovod ranks; each rank holds only its own rows, its table
+gradients come back as tf.IndexedSlices of the local shard, and `apply_gradients` applies
+plain SGD to those rows. They are never allreduced.
 
 Initial values (both backends): the row of feature f holding id i has global row number
 offset[f] + i (offset = exclusive cumsum of vocab_sizes); the default draws it from
@@ -111,10 +112,10 @@ class TFEmbedding(tf.Module):
         self.vector_dtype = tf.as_dtype(vector_dtype)
         self.num_ranks = hvd.size()
         self._offsets = tf.constant(feature_offsets(vocab_sizes))
-        total_rows = sum(vocab_sizes)
-        local_rows = len(range(hvd.rank(), total_rows, self.num_ranks))
+        local_rows = len(range(hvd.rank(), sum(vocab_sizes), self.num_ranks))
         self.table = tf.Variable(tf.zeros([local_rows, dim], tf.float32), name="embedding_table")
-        block_rows = max(1, self._MIN_INIT_BLOCK_BYTES // (4 * dim), -(-local_rows // self._INIT_BLOCKS))
+        block_rows = max(1, self._MIN_INIT_BLOCK_BYTES // (4 * dim),
+                         -(-local_rows // self._INIT_BLOCKS))
         for start in range(0, local_rows, block_rows):
             self._fill_rows(initializer, tf.constant(start, tf.int64),
                             tf.constant(min(block_rows, local_rows - start), tf.int64))
