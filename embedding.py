@@ -74,7 +74,7 @@ def resolve_backend(backend):
 
 
 def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0,
-                     vector_dtype=tf.float32):
+                     vector_dtype=tf.float32, jit_compile=False):
     """Builds the tables of one embedding backend on this rank (after hvd.init()).
 
     backend: "sok", "tf", or "auto" (see resolve_backend).
@@ -82,11 +82,19 @@ def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None
       uses one fused table, see SOKEmbedding).
     initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
     vector_dtype: dtype of the looked-up vectors (float16 under AMP); the tables stay float32.
+    jit_compile: the tf backend XLA-compiles its local gather with the cast to vector_dtype
+      (one pass over the rows; TF's own Cast kernel takes 3x the gather's time on a GPU).
     """
     backend, _ = resolve_backend(backend)
     initializer = initializer or uniform_initializer(vocab_sizes, dim, seed)
-    embedding_class = SOKEmbedding if backend == "sok" else TFEmbedding
-    return embedding_class(vocab_sizes, dim, compress, initializer, vector_dtype)
+    if backend == "sok":
+        return SOKEmbedding(vocab_sizes, dim, compress, initializer, vector_dtype)
+    return TFEmbedding(vocab_sizes, dim, compress, initializer, vector_dtype, jit_compile)
+
+
+def scaled_gradient(grad, lr, dtype):
+    """lr * grad in dtype, 0 wherever lr is 0 (even where grad is inf or nan)."""
+    return tf.math.multiply_no_nan(tf.cast(grad, dtype), tf.cast(lr, dtype))
 
 
 class TFEmbedding(tf.Module):
@@ -104,7 +112,8 @@ class TFEmbedding(tf.Module):
     # temporaries stay a few percent of the table, and a 90 GiB table takes 64 scatters.
     _INIT_BLOCKS, _MIN_INIT_BLOCK_BYTES = 64, 1 << 25
 
-    def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32):
+    def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32,
+                 jit_compile=False):
         super().__init__(name="tf")
         self.vocab_sizes = list(vocab_sizes)
         self.dim = dim
@@ -119,6 +128,8 @@ class TFEmbedding(tf.Module):
         for start in range(0, local_rows, block_rows):
             self._fill_rows(initializer, tf.constant(start, tf.int64),
                             tf.constant(min(block_rows, local_rows - start), tf.int64))
+        self._gather = (tf.function(self._gather_rows, jit_compile=True) if jit_compile
+                        else self._gather_rows)
 
     def _fill_rows(self, initializer, start, count):
         """Writes initializer's rows into local rows [start, start + count), in place (a
@@ -127,6 +138,11 @@ class TFEmbedding(tf.Module):
         global_rows = local * self.num_ranks + hvd.rank()
         self.table.scatter_update(tf.IndexedSlices(
             tf.cast(initializer(global_rows), tf.float32), local))
+
+    def _gather_rows(self, local_rows):
+        """local_rows int64 [K] -> vector_dtype [K, D]: this rank's rows, cast after the gather.
+        Its gradient is IndexedSlices of the local shard (compiled or not)."""
+        return tf.cast(tf.gather(self.table, local_rows), self.vector_dtype)
 
     @property
     def variables(self):
@@ -142,7 +158,7 @@ class TFEmbedding(tf.Module):
         if self.compress:
             keys, key_of_lookup = tf.unique(keys)                              # [U], [B*F]
         if self.num_ranks == 1:
-            vectors = tf.cast(tf.gather(self.table, keys), self.vector_dtype)  # [K, D]
+            vectors = self._gather(keys)                                       # [K, D]
         else:
             vectors = self._exchange(keys)
         if self.compress:
@@ -161,8 +177,7 @@ class TFEmbedding(tf.Module):
         slot = tf.gather(tf.cumsum(send_splits, exclusive=True), owners) + before_in_owner
         send_keys = tf.scatter_nd(slot[:, tf.newaxis], keys, tf.shape(keys))   # [K]
         received_keys, received_splits = hvd.alltoall(send_keys, splits=send_splits)
-        local_vectors = tf.cast(tf.gather(self.table, received_keys // self.num_ranks),
-                                self.vector_dtype)                             # [R, D]
+        local_vectors = self._gather(received_keys // self.num_ranks)         # [R, D]
         vectors_by_slot, _ = hvd.alltoall(local_vectors, splits=received_splits)
         # gather_nd (not gather): its gradient is dense, what the alltoall gradient takes.
         return tf.gather_nd(vectors_by_slot, slot[:, tf.newaxis])             # [K, D]
@@ -170,9 +185,10 @@ class TFEmbedding(tf.Module):
     def apply_gradients(self, grads, lr):
         """Plain SGD on the local rows: table -= lr * grad. grads of self.variables
         (IndexedSlices of the local shard; duplicate rows add up in the scatter); lr a scalar
-        (the trainer folds AMP's unscaling into it)."""
+        (the trainer folds AMP's unscaling into it). lr 0 leaves the rows as they are, even
+        where grad holds inf or nan (a step that AMP's loss scaling skips)."""
         for table, grad in zip(self.variables, grads):
-            table.scatter_sub(tf.IndexedSlices(grad.values * tf.cast(lr, table.dtype),
+            table.scatter_sub(tf.IndexedSlices(scaled_gradient(grad.values, lr, table.dtype),
                                                grad.indices, grad.dense_shape))
 
 
@@ -208,7 +224,7 @@ class SOKEmbedding(tf.Module):
         self.tables = [self._sok.Variable(shape=[rows, dim], dtype=tf.float32,
                                           initializer=table_initializer(int(offset)))
                        for rows, offset in shapes_offsets]
-        self._optimizer = self._sok.SGD(lr=0.0)
+        self._optimizer = self._sok.SGD(lr=1.0)
 
     @property
     def variables(self):
@@ -236,6 +252,8 @@ class SOKEmbedding(tf.Module):
 
     def apply_gradients(self, grads, lr):
         """sok.SGD on the local rows: grads of self.variables (IndexedSlices), lr a scalar
-        (the trainer folds AMP's unscaling into it)."""
-        self._optimizer.lr.assign(tf.cast(lr, self._optimizer.lr.dtype))
-        return self._optimizer.apply_gradients(zip(grads, self.tables))
+        (the trainer folds AMP's unscaling into it); lr 0 leaves the rows as they are, even
+        where grad holds inf or nan. The rate goes into the gradients (SGD's own lr stays 1)."""
+        scaled = [tf.IndexedSlices(scaled_gradient(g.values, lr, table.dtype), g.indices,
+                                   g.dense_shape) for g, table in zip(grads, self.tables)]
+        return self._optimizer.apply_gradients(zip(scaled, self.tables))

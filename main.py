@@ -65,6 +65,10 @@ flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_syntheti
 flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
 flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
 flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
+flags.DEFINE_string("profile_dir", None, "Write a TensorFlow profiler trace of --profile_steps "
+                    "here (rank 0; TensorBoard's Profile tab, or bench/trace_summary.py).")
+flags.DEFINE_string("profile_steps", "20:30", "--profile_dir traces the steps after START up "
+                    "to STOP (their time counts in the training time).")
 _HELP_END = len(list(FLAGS))
 
 flags.register_validator("global_batch_size", lambda v: v >= 1, "--global_batch_size must be >= 1")
@@ -86,6 +90,19 @@ flags.register_validator("log_interval", lambda v: v >= 1, "--log_interval must 
 for _name in ("synthetic_steps", "synthetic_eval_steps"):
     flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1")
 flags.register_validator("prefetch", lambda v: v >= 0, "--prefetch must be >= 0")
+
+
+def _step_range(text):
+    """"START:STOP" -> (start, stop) with 1 <= start < stop, or None if malformed."""
+    try:
+        start, stop = (int(part) for part in text.split(":"))
+    except ValueError:
+        return None
+    return (start, stop) if 1 <= start < stop else None
+
+
+flags.register_validator("profile_steps", lambda v: _step_range(v) is not None,
+                         "--profile_steps must be START:STOP with 1 <= START < STOP")
 flags.register_multi_flags_validator(
     ["allreduce_fp16", "amp"], lambda f: f["amp"] or not f["allreduce_fp16"],
     "--allreduce_fp16 needs --amp: without loss scaling the fp32 gradients, already divided "
@@ -249,7 +266,7 @@ def train():
         start = time.perf_counter()
         tables = embedding.create_embedding(
             backend, vocab_sizes, FLAGS.embedding_dim, compress=FLAGS.compress, seed=FLAGS.seed,
-            vector_dtype=tf.float16 if FLAGS.amp else tf.float32)
+            vector_dtype=tf.float16 if FLAGS.amp else tf.float32, jit_compile=FLAGS.xla)
         table_seconds = time.perf_counter() - start
         model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=_int_list("bottom_mlp", FLAGS.bottom_mlp),
                           top_mlp=_int_list("top_mlp", FLAGS.top_mlp), interaction=interaction,
@@ -287,6 +304,8 @@ def train():
             max_steps=FLAGS.early_stop if FLAGS.early_stop > 0 else None,
             eval_interval=eval_interval, eval_in_last=FLAGS.eval_in_last,
             auc_target=FLAGS.auc_target, log_interval=FLAGS.log_interval,
+            profile=((*_step_range(FLAGS.profile_steps), FLAGS.profile_dir)
+                     if FLAGS.profile_dir and hvd.rank() == 0 else None),
             log=lambda line: say(line, flush=True))
     except FloatingPointError as err:
         say(f"main.py: error: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ import time
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
+from embedding import scaled_gradient
 from metrics import roc_auc_tf
 
 REFERENCE_BATCH = 55296  # the batch the schedule's step counts are defined at
@@ -102,21 +103,15 @@ class DynamicLossScale:
         self.min_scale = min_scale
 
     def update(self, all_finite):
-        """all_finite: bool scalar, identical on every rank."""
-        def grow_or_count():
-            grow = self.finite_steps + 1 >= self.growth_interval
-            self.scale.assign(tf.where(grow, self.scale * 2.0, self.scale))
-            self.finite_steps.assign(tf.where(grow, tf.constant(0, tf.int64),
-                                              self.finite_steps + 1))
-            return tf.constant(0)
-
-        def shrink():
-            self.scale.assign(tf.maximum(self.scale * 0.5, self.min_scale))
-            self.finite_steps.assign(0)
-            self.skipped_steps.assign_add(1)
-            return tf.constant(0)
-
-        tf.cond(all_finite, grow_or_count, shrink)
+        """all_finite: bool scalar, identical on every rank. Runs on the device (tf.where, no
+        tf.cond)."""
+        grow = tf.logical_and(all_finite, self.finite_steps + 1 >= self.growth_interval)
+        self.scale.assign(tf.where(all_finite,
+                                   tf.where(grow, self.scale * 2.0, self.scale),
+                                   tf.maximum(self.scale * 0.5, self.min_scale)))
+        self.finite_steps.assign(tf.where(tf.logical_and(all_finite, tf.logical_not(grow)),
+                                          self.finite_steps + 1, tf.constant(0, tf.int64)))
+        self.skipped_steps.assign_add(tf.cast(tf.logical_not(all_finite), tf.int64))
 
 
 def _all_finite(tensors):
@@ -177,19 +172,15 @@ class Trainer:
             if self.num_ranks > 1:  # every rank skips if any rank saw an overflow
                 local_bad = tf.cast(tf.logical_not(all_finite), tf.float32)
                 all_finite = hvd.allreduce(local_bad, op=hvd.Sum, name="nonfinite_flag") == 0.0
-            rate = lr / self.loss_scale.scale
+            # A skipped step is an update at rate 0 (multiply_no_nan: 0 even for inf/nan), not
+            # a tf.cond, whose predicate would be copied to the host and stall the GPU.
+            rate = tf.where(all_finite, lr / self.loss_scale.scale, 0.0)
+            self.loss_scale.update(all_finite)
         else:
             all_finite = tf.constant(True)
-
-        def apply():
-            for var, grad in zip(dense_vars, dense_grads):
-                var.assign_sub(rate * grad)
-            self.model.embedding.apply_gradients(embedding_grads, rate)
-            return tf.constant(0)
-
-        tf.cond(all_finite, apply, lambda: tf.constant(0))
-        if self.loss_scale is not None:
-            self.loss_scale.update(all_finite)
+        for var, grad in zip(dense_vars, dense_grads):
+            var.assign_sub(scaled_gradient(grad, rate, var.dtype))
+        self.model.embedding.apply_gradients(embedding_grads, rate)
         mean_loss = tf.reduce_mean(losses)
         if self.loss_scale is None:  # under AMP a non-finite loss is a skipped step instead
             record = tf.logical_and(tf.logical_not(tf.math.is_finite(mean_loss)),
@@ -230,9 +221,10 @@ class Trainer:
 
 
 def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_interval=None,
-        eval_in_last=False, auc_target=None, log_interval=100, log=print):
+        eval_in_last=False, auc_target=None, log_interval=100, profile=None, log=print):
     """Trains for `epochs` over train_dataset (or max_steps), evaluating every eval_interval
     steps and/or at the end; stops when AUC >= auc_target. Returns the report dict.
+    profile: (start, stop, logdir): a TensorFlow profiler trace of steps start+1 .. stop.
 
     Training time, ms per iteration and samples/s leave out the first step (tracing and
     compilation, reported as first_step_seconds) and the evaluations; total time has all."""
@@ -262,8 +254,14 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         for features, label in train_dataset:
             if steps == 0:
                 trainer.build_and_broadcast(features)
+            if profile and steps == profile[0]:
+                tf.profiler.experimental.start(profile[2])
             loss = trainer.train_step(features, label)
             steps += 1
+            if profile and steps == profile[1]:
+                float(loss)  # the traced steps' kernels have run
+                tf.profiler.experimental.stop()
+                log(f"profiler trace of steps {profile[0] + 1}-{profile[1]} in {profile[2]}")
             segment_steps += 1
             if steps == 1:  # tracing and compilation: timed apart from the training steps
                 float(loss)

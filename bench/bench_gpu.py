@@ -152,6 +152,9 @@ def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
     timed("gather 1.7M rows fp32", lambda: tf.gather(table, keys), bytes_floor(2 * lookups * row))
     timed("gather 1.7M rows + cast fp16", lambda: tf.cast(tf.gather(table, keys), tf.float16),
           bytes_floor(lookups * (row + row // 2)))
+    timed("gather 1.7M rows + cast fp16, XLA (the tf backend under --xla)",
+          tf.function(lambda: tf.cast(tf.gather(table, keys), tf.float16), jit_compile=True),
+          bytes_floor(lookups * (row + row // 2)))
     timed("unique 1.7M keys", lambda: tf.unique(keys)[0])
 
     def scatter_duplicates():

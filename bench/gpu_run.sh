@@ -8,6 +8,9 @@
 #   bash bench/gpu_run.sh parts      bench_gpu.py parts (the step's parts beside their floors)
 #   bash bench/gpu_run.sh real_data  20M/2M synthetic samples at full Criteo vocabularies:
 #                                    generate, split, train one epoch, evaluate
+#   bash bench/gpu_run.sh profile    a TF profiler trace of steps 41-50 of the first
+#                                    configuration, summarised by bench/trace_summary.py
+#                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12)
 #   bash bench/gpu_run.sh suite      the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +45,14 @@ case "$stage" in
       2>&1 | tee "$OUT/real_data.log"
     python -c "import json; print('best AUC the data allows:', json.load(open('$data/raw/synthetic.json'))['best_test_auc'])" \
       | tee -a "$OUT/real_data.log" ;;
+  profile)
+    python -m zipfile -e .gpu/nvidia_cuda_cupti_cu12-*.whl /opt/cupti
+    export LD_LIBRARY_PATH=/opt/cupti/nvidia/cuda_cupti/lib:$LD_LIBRARY_PATH
+    python main.py --use_synthetic_dataset --vocab_sizes=criteo_tb --global_batch_size=65536 \
+      --embedding=tf --amp --xla --custom_interact --early_stop=60 --log_interval=20 \
+      --profile_dir="$OUT/profile" --profile_steps=40:50 "$@" 2>&1 | tee "$OUT/profile.log"
+    python bench/trace_summary.py "$OUT/profile" --steps=10 --top=40 \
+      --json="$OUT/profile_summary.json" | tee -a "$OUT/profile.log" ;;
   suite)
     python -m pytest -q tests "$@" 2>&1 | tee "$OUT/suite.log" ;;
   *)

@@ -22,7 +22,8 @@ if amp:
     tf.keras.mixed_precision.set_global_policy("mixed_float16")
 vocab_sizes = [7, 30, 5] + [11] * 23
 tables = embedding.create_embedding("tf", vocab_sizes, 8, compress=compress,
-                                    vector_dtype=tf.float16 if amp else tf.float32)
+                                    vector_dtype=tf.float16 if amp else tf.float32,
+                                    jit_compile=xla)
 net = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=(16, 8), top_mlp=(16, 1), jit_compile=xla)
 trainer = training.Trainer(net, training.LearningRateSchedule(0.1, 1, 2, 3), 16 * hvd.size(),
                            loss_scale=training.DynamicLossScale() if amp else None)

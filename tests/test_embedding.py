@@ -175,11 +175,13 @@ def test_sok_backend_on_a_stand_in(monkeypatch):
     grads = tape.gradient(loss, dlrm.embedding_variables)
     emb.apply_gradients(grads, tf.constant(0.25))
     lr, grads_and_vars = sok.sgd_updates[0]
-    assert lr == 0.25
+    assert lr == 1.0  # the rate is folded into the gradients
     assert [v.ref() for _, v in grads_and_vars] == [t.ref() for t in sok.tables]
-    for (grad, table), old in zip(grads_and_vars, before):
-        assert isinstance(grad, tf.IndexedSlices)
+    for (scaled, table), grad, old in zip(grads_and_vars, grads, before):
+        assert isinstance(scaled, tf.IndexedSlices)
         dense_grad = tf.convert_to_tensor(grad).numpy()
+        np.testing.assert_allclose(tf.convert_to_tensor(scaled).numpy(), 0.25 * dense_grad,
+                                   rtol=1e-6)
         np.testing.assert_allclose(table.numpy(), old - 0.25 * dense_grad, rtol=1e-6)
 
 

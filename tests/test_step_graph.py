@@ -10,9 +10,10 @@ from conftest import horovodrun
 
 WORKER = os.path.join(os.path.dirname(__file__), "step_graph_worker.py")
 # InvertPermutation has a host-memory kernel; Bincount's output size depends on the data;
-# TopKV2 is what tf.argsort traces to (a sort where a counting pass does); PyFunc runs Python.
+# TopKV2 is what tf.argsort traces to (a sort where a counting pass does); PyFunc runs Python;
+# a tf.cond (If, lowered to Switch/Merge) copies its predicate to the host and waits for it.
 FORBIDDEN = {"InvertPermutation", "Bincount", "DenseBincount", "TopKV2", "PyFunc",
-             "EagerPyFunc"}
+             "EagerPyFunc", "If", "StatelessIf", "Switch"}
 
 
 @pytest.mark.parametrize("num_ranks", [1, 2])
@@ -24,11 +25,12 @@ def test_step_graph(tmp_path, num_ranks, amp, compress, xla):
     ops = {(op, dtype) for op, dtype in traced["ops"]}
     names = {op for op, _ in ops}
     assert not names & FORBIDDEN, names & FORBIDDEN
-    # --xla: the bottom MLP and the interaction + top MLP compile, forward and backward.
+    # --xla: the bottom MLP, the interaction + top MLP and the embedding's gather + cast
+    # compile, forward and backward.
     compiled = {(kind, part) for kind in ("__forward_", "__backward_")
-                for part in ("_bottom_mlp_", "_interact_and_top_mlp_")
+                for part in ("_bottom_mlp_", "_interact_and_top_mlp_", "_gather_rows_")
                 if any(kind + part in name for name in traced["xla_functions"])}
-    assert len(compiled) == (4 if xla else 0), traced["xla_functions"]
+    assert len(compiled) == (6 if xla else 0), traced["xla_functions"]
     assert "ResourceGather" in names and "ResourceScatterSub" in names
     horovod = {op for op in names if op.startswith("Horovod")}
     if num_ranks == 1:
