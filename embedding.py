@@ -153,7 +153,7 @@ class TFEmbedding(tf.Module):
         return [v for v in variables if v.ref() not in tables]
 
     def __call__(self, ids):
-        """ids int32 [B, F] -> vector_dtype [B, F, D]."""
+        """ids int32 or int64 [B, F] -> vector_dtype [B, F, D]."""
         keys = tf.reshape(tf.cast(ids, tf.int64) + self._offsets, [-1])       # [B*F]
         if self.compress:
             keys, key_of_lookup = tf.unique(keys)                              # [U], [B*F]
@@ -235,7 +235,7 @@ class SOKEmbedding(tf.Module):
         return others
 
     def __call__(self, ids):
-        """ids int32 [B, F] -> vector_dtype [B, F, D]."""
+        """ids int32 or int64 [B, F] -> vector_dtype [B, F, D]."""
         ids = tf.cast(ids, tf.int64)
         num_features = len(self.vocab_sizes)
         if self.compress:

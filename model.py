@@ -74,12 +74,12 @@ class DLRM(tf.keras.Model):
         custom op custom_interact.dot_interact).
       seed: seed of the dense initialisers (layer k, counted over bottom then top: kernel
         seed + 2k, bias seed + 2k + 1).
-      jit_compile: XLA-compile the dense part, forward and backward: the bottom MLP, and the
-        interaction with the top MLP (the top MLP alone when `interaction` is not
+      jit_compile: XLA-compile the dense part, forward and backward: the bottom MLP with the
+        concat of its output and the vectors, and the interaction with the top MLP (the top MLP alone when `interaction` is not
         dot_interaction, e.g. the custom op, which has no XLA kernel). The embedding lookup
         and its exchange stay outside.
 
-    call((dense float32 [B, 13], categorical int32 [B, F])) -> logits float32 [B, 1]
+    call((dense float32 [B, 13], categorical int32|int64 [B, F])) -> logits float32 [B, 1]
     """
 
     def __init__(self, embedding, vocab_sizes, bottom_mlp=(512, 256, 128),
@@ -107,7 +107,7 @@ class DLRM(tf.keras.Model):
         self.top_layers.append(_dense_layer(top_mlp[-1], None, top_seed + 2 * (len(top_mlp) - 1),
                                             dtype="float32"))
         compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
-        self._bottom = compiled(self._bottom_mlp)
+        self._features = compiled(self._bottom_mlp_and_vectors)
         # dot_interaction compiles with the top MLP; another interaction (the custom op, which
         # has no XLA kernel) runs on its own between the two compiled parts.
         if interaction is dot_interaction:
@@ -121,6 +121,12 @@ class DLRM(tf.keras.Model):
             dense = layer(dense)
         return dense
 
+    def _bottom_mlp_and_vectors(self, dense, vectors):
+        """dense [B, 13], vectors [B, F, D] -> [B, 1 + F, D]: the bottom MLP's output, then the
+        vectors (cast to its dtype; compiled together, the concat costs one pass)."""
+        bottom = self._bottom_mlp(dense)
+        return tf.concat([bottom[:, tf.newaxis, :], tf.cast(vectors, bottom.dtype)], axis=1)
+
     def _top_mlp(self, interactions):
         """[B, W] -> logits float32 [B, 1]."""
         for layer in self.top_layers:
@@ -133,9 +139,7 @@ class DLRM(tf.keras.Model):
 
     def call(self, inputs, training=False):
         dense, categorical = inputs
-        bottom = self._bottom(dense)                                    # [B, D]
-        vectors = tf.cast(self.embedding(categorical), bottom.dtype)    # [B, F, D]
-        features = tf.concat([bottom[:, tf.newaxis, :], vectors], axis=1)  # [B, 1 + F, D]
+        features = self._features(dense, self.embedding(categorical))  # [B, 1 + F, D]
         return self._top(self._interaction(features))                   # [B, 1]
 
     @property

@@ -147,7 +147,7 @@ class Trainer:
 
     @tf.function
     def train_step(self, features, label):
-        """features: (dense float32 [B, 13], categorical int32 [B, 26]); label float32 [B, 1].
+        """features: (dense float32 [B, 13], categorical int32|int64 [B, 26]); label float32 [B, 1].
         Returns this rank's mean loss (float32 scalar)."""
         dense_vars = self.model.dense_variables
         embedding_vars = self.model.embedding_variables

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import horovodrun, write_raw
 import data_format as fmt
@@ -170,3 +171,17 @@ def test_reader_refuses_an_id_outside_its_vocabulary_and_a_bad_label(tmp_path, r
     labels.flush()
     with pytest.raises(dataset.DataError, match=r"label.bin: sample 99: label is 2, expected 0 or 1"):
         list(dataset.SplitDataset(data_dir, 8, 1, 2, training=False, prefetch=prefetch))
+
+
+def test_batches_put_on_a_device_carry_int64_ids():
+    """On a device the ids travel as int64 (TF keeps int32 GPU tensors in host memory), with
+    the same values as the host batches."""
+    host = next(iter(dataset.SyntheticDataset(8, [5, 70000] + [3] * 24, 1, seed=3)))
+    placed = next(iter(dataset.SyntheticDataset(8, [5, 70000] + [3] * 24, 1, seed=3,
+                                                device="/CPU:0")))
+    (host_dense, host_ids), host_label = host
+    (dense, ids), label = placed
+    assert host_ids.dtype == tf.int32 and ids.dtype == tf.int64
+    np.testing.assert_array_equal(ids.numpy(), host_ids.numpy())
+    np.testing.assert_array_equal(dense.numpy(), host_dense.numpy())
+    np.testing.assert_array_equal(label.numpy(), host_label.numpy())

@@ -25,10 +25,10 @@ def test_step_graph(tmp_path, num_ranks, amp, compress, xla):
     ops = {(op, dtype) for op, dtype in traced["ops"]}
     names = {op for op, _ in ops}
     assert not names & FORBIDDEN, names & FORBIDDEN
-    # --xla: the bottom MLP, the interaction + top MLP and the embedding's gather + cast
-    # compile, forward and backward.
+    # --xla: the bottom MLP + concat, the interaction + top MLP and the embedding's gather +
+    # cast compile, forward and backward.
     compiled = {(kind, part) for kind in ("__forward_", "__backward_")
-                for part in ("_bottom_mlp_", "_interact_and_top_mlp_", "_gather_rows_")
+                for part in ("_bottom_mlp_and_vectors_", "_interact_and_top_mlp_", "_gather_rows_")
                 if any(kind + part in name for name in traced["xla_functions"])}
     assert len(compiled) == (6 if xla else 0), traced["xla_functions"]
     assert "ResourceGather" in names and "ResourceScatterSub" in names
