@@ -83,7 +83,8 @@ def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None
     initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
     vector_dtype: dtype of the looked-up vectors (float16 under AMP); the tables stay float32.
     jit_compile: the tf backend XLA-compiles its local gather with the cast to vector_dtype
-      (one pass over the rows; TF's own Cast kernel takes 3x the gather's time on a GPU).
+      (one pass over the rows; TF's own Cast kernel takes 3x the gather's time on a GPU) and
+      the scaling of its gradients, on one rank without compress (static shapes).
     """
     backend, _ = resolve_backend(backend)
     initializer = initializer or uniform_initializer(vocab_sizes, dim, seed)
@@ -93,8 +94,10 @@ def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None
 
 
 def scaled_gradient(grad, lr, dtype):
-    """lr * grad in dtype, 0 wherever lr is 0 (even where grad is inf or nan)."""
-    return tf.math.multiply_no_nan(tf.cast(grad, dtype), tf.cast(lr, dtype))
+    """lr * grad in dtype, exactly 0 where lr is 0 (even where grad is inf or nan). A where,
+    not tf.math.multiply_no_nan: with that, a skipped step changed the weights on the H200."""
+    grad, lr = tf.cast(grad, dtype), tf.cast(lr, dtype)
+    return tf.where(tf.equal(lr, 0), tf.zeros([], dtype), grad * lr)
 
 
 class TFEmbedding(tf.Module):
@@ -128,8 +131,13 @@ class TFEmbedding(tf.Module):
         for start in range(0, local_rows, block_rows):
             self._fill_rows(initializer, tf.constant(start, tf.int64),
                             tf.constant(min(block_rows, local_rows - start), tf.int64))
-        self._gather = (tf.function(self._gather_rows, jit_compile=True) if jit_compile
-                        else self._gather_rows)
+        # XLA compiles each input shape anew: only one rank without compress has static shapes
+        # (K = B * F keys); there the gather with its cast, and the update's scaling, compile.
+        fused = jit_compile and self.num_ranks == 1 and not compress
+        self._gather = tf.function(self._gather_rows, jit_compile=True) if fused else \
+            self._gather_rows
+        self._scaled = tf.function(scaled_gradient, jit_compile=True) if fused else \
+            scaled_gradient
 
     def _fill_rows(self, initializer, start, count):
         """Writes initializer's rows into local rows [start, start + count), in place (a
@@ -188,7 +196,7 @@ class TFEmbedding(tf.Module):
         (the trainer folds AMP's unscaling into it). lr 0 leaves the rows as they are, even
         where grad holds inf or nan (a step that AMP's loss scaling skips)."""
         for table, grad in zip(self.variables, grads):
-            table.scatter_sub(tf.IndexedSlices(scaled_gradient(grad.values, lr, table.dtype),
+            table.scatter_sub(tf.IndexedSlices(self._scaled(grad.values, lr, table.dtype),
                                                grad.indices, grad.dense_shape))
 
 

@@ -253,3 +253,19 @@ def test_startup_builds_the_table_in_place():
     growth = got["peak_after"] - got["rss_before"]
     assert 0.9 * got["table_bytes"] < growth < 1.25 * got["table_bytes"], got
     assert got["checksum_rows"] != 0.0  # the last rows were filled too
+
+
+@pytest.mark.parametrize("device", [d.name for d in tf.config.list_logical_devices()
+                                    if d.device_type in ("CPU", "GPU")])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_scaled_gradient_is_zero_at_rate_zero_even_for_inf_and_nan(device, compiled):
+    """The update of a step that AMP skips: rate 0 must leave the rows as they are."""
+    scale = tf.function(embedding.scaled_gradient, jit_compile=True) if compiled \
+        else embedding.scaled_gradient
+    grad = np.array([[1.5, -np.inf], [np.nan, np.inf], [-2.0, 0.0]], np.float32)
+    with tf.device(device):
+        skipped = scale(tf.constant(grad.astype(np.float16)), tf.constant(0.0), tf.float32)
+        applied = scale(tf.constant(grad), tf.constant(0.5), tf.float32)
+    assert skipped.dtype == tf.float32
+    np.testing.assert_array_equal(skipped.numpy(), np.zeros((3, 2), np.float32))
+    np.testing.assert_array_equal(applied.numpy(), grad * 0.5)  # halving is exact

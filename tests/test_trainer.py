@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import embedding
 import trainer as training
 
 hvd.init()
@@ -48,8 +49,9 @@ class _TableEmbedding:
     def __call__(self, ids):
         return tf.gather(self.table, ids)
 
-    def apply_gradients(self, grads, lr):
-        self.table.scatter_sub(tf.IndexedSlices(lr * grads[0].values, grads[0].indices))
+    def apply_gradients(self, grads, lr):  # lr 0 (a skipped step) leaves the rows as they are
+        self.table.scatter_sub(tf.IndexedSlices(
+            embedding.scaled_gradient(grads[0].values, lr, tf.float32), grads[0].indices))
 
 
 class _TinyModel(tf.keras.Model):
