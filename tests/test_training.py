@@ -165,6 +165,8 @@ SCALED = "--vocab_sizes=criteo_tb_scaled"
     (["--use_synthetic_dataset", "--lr=nan"], "flag --lr=nan: --lr must be a finite number > 0"),
     (["--use_synthetic_dataset", "--early_stop=0"], "--early_stop must be -1 (no limit) or >= 1"),
     (["--use_synthetic_dataset", "--allreduce_fp16"], "--allreduce_fp16 needs --amp"),
+    (["--use_synthetic_dataset", "--profile_steps=30:20"],
+     "--profile_steps must be START:STOP with 1 <= START < STOP"),
     (["--use_synthetic_dataset", "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
     (["--use_synthetic_dataset", "stray"], "unexpected arguments ['stray']"),
 ])

@@ -1,0 +1,53 @@
+"""bench/trace_summary.py on a hand-made profiler trace: busy time is the union over streams."""
+
+import os
+import sys
+
+import pytest
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
+import trace_summary  # noqa: E402
+
+
+def _space():
+    """GPU plane, two streams (times in us): stream A: gemm 0-10, gemm 20-30; stream B:
+    copy 5-15, scatter 40-45. A host plane's event must be ignored."""
+    space = xplane_pb2.XSpace()
+    gpu = space.planes.add(name="/device:GPU:0")
+    for meta_id, name in enumerate(["gemm", "copy", "scatter"], start=1):
+        gpu.event_metadata[meta_id].id = meta_id
+        gpu.event_metadata[meta_id].name = name
+    stream_a = gpu.lines.add(timestamp_ns=1000)
+    stream_b = gpu.lines.add(timestamp_ns=6000)  # 5 us after stream A
+    for line, meta_id, start_us, duration_us in [(stream_a, 1, 0, 10), (stream_a, 1, 20, 10),
+                                                 (stream_b, 2, 0, 10), (stream_b, 3, 35, 5)]:
+        line.events.add(metadata_id=meta_id, offset_ps=start_us * 10**6,
+                        duration_ps=duration_us * 10**6)
+    host = space.planes.add(name="/host:CPU")
+    host.event_metadata[1].name = "train_step"
+    host.lines.add(timestamp_ns=0).events.add(metadata_id=1, offset_ps=0, duration_ps=10**12)
+    return space
+
+
+def test_summary_of_a_hand_made_trace(tmp_path):
+    run = tmp_path / "plugins" / "profile" / "run"
+    run.mkdir(parents=True)
+    (run / "host.xplane.pb").write_bytes(_space().SerializeToString())
+    _, space = trace_summary.load_space(str(tmp_path))
+    events = trace_summary.device_events(space)
+    assert len(events) == 4
+    summary = trace_summary.summarize(events, steps=2, top=2)
+    # window 0-45 us; busy: union of [0,15] (gemm + overlapping copy), [20,30], [40,45] = 30 us
+    assert summary["window_ms_per_step"] == pytest.approx(0.045 / 2)
+    assert summary["busy_ms_per_step"] == pytest.approx(0.030 / 2)
+    assert summary["kernel_ms_per_step"] == pytest.approx(0.035 / 2)
+    assert summary["launches_per_step"] == 2
+    assert [row["name"] for row in summary["top"]] == ["gemm", "copy"]
+    assert summary["top"][0]["ms_per_step"] == pytest.approx(0.020 / 2)
+    assert summary["top"][0]["count_per_step"] == 1
+
+
+def test_no_trace_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no \\*.xplane.pb under"):
+        trace_summary.load_space(str(tmp_path))
