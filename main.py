@@ -297,7 +297,7 @@ def train():
         say(f"warning: {line}")
     loss_scale = training.DynamicLossScale() if FLAGS.amp else None
     trainer = training.Trainer(model, schedule, FLAGS.global_batch_size, loss_scale=loss_scale,
-                               allreduce_fp16=FLAGS.allreduce_fp16)
+                               allreduce_fp16=FLAGS.allreduce_fp16, jit_compile=FLAGS.xla)
     try:
         report = training.fit(
             trainer, train_data, eval_data, epochs=FLAGS.epochs,

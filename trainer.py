@@ -118,6 +118,12 @@ def _all_finite(tensors):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
+def _sgd(variables, grads, rate):
+    """variable -= rate * grad for each pair; rate 0 leaves them as they are."""
+    for var, grad in zip(variables, grads):
+        var.assign_sub(scaled_gradient(grad, rate, var.dtype))
+
+
 def _values(grad):
     return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 
@@ -127,9 +133,12 @@ class Trainer:
 
     lr_schedule: callable step -> lr. loss_scale: DynamicLossScale for AMP, or None.
     allreduce_fp16: compress the dense gradients to fp16 for the allreduce.
+    jit_compile: XLA-compile the dense variables' finiteness check and update (two launches
+      instead of ~4 small ops per variable).
     """
 
-    def __init__(self, model, lr_schedule, global_batch, loss_scale=None, allreduce_fp16=False):
+    def __init__(self, model, lr_schedule, global_batch, loss_scale=None, allreduce_fp16=False,
+                 jit_compile=False):
         self.model = model
         self.lr_schedule = lr_schedule
         self.global_batch = global_batch
@@ -138,6 +147,8 @@ class Trainer:
         self.num_ranks = hvd.size()  # one rank: no collective at all in the step
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # updates applied
         self.first_nonfinite_loss_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
+        self._dense_all_finite, self._dense_sgd = compiled(_all_finite), compiled(_sgd)
 
     def build_and_broadcast(self, features):
         """Builds the model on one batch (a collective embedding lookup) and gives every rank
@@ -168,7 +179,8 @@ class Trainer:
         if self.loss_scale is not None:
             # An overflow is inf or nan whether scaled or not: check the scaled gradients and
             # fold the unscaling into the update's rate (no extra pass over the table rows).
-            all_finite = _all_finite(dense_grads + [_values(g) for g in embedding_grads])
+            all_finite = tf.logical_and(self._dense_all_finite(dense_grads),
+                                        _all_finite([_values(g) for g in embedding_grads]))
             if self.num_ranks > 1:  # every rank skips if any rank saw an overflow
                 local_bad = tf.cast(tf.logical_not(all_finite), tf.float32)
                 all_finite = hvd.allreduce(local_bad, op=hvd.Sum, name="nonfinite_flag") == 0.0
@@ -178,8 +190,7 @@ class Trainer:
             self.loss_scale.update(all_finite)
         else:
             all_finite = tf.constant(True)
-        for var, grad in zip(dense_vars, dense_grads):
-            var.assign_sub(scaled_gradient(grad, rate, var.dtype))
+        self._dense_sgd(dense_vars, dense_grads, rate)
         self.model.embedding.apply_gradients(embedding_grads, rate)
         mean_loss = tf.reduce_mean(losses)
         if self.loss_scale is None:  # under AMP a non-finite loss is a skipped step instead

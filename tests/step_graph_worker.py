@@ -26,7 +26,8 @@ tables = embedding.create_embedding("tf", vocab_sizes, 8, compress=compress,
                                     jit_compile=xla)
 net = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=(16, 8), top_mlp=(16, 1), jit_compile=xla)
 trainer = training.Trainer(net, training.LearningRateSchedule(0.1, 1, 2, 3), 16 * hvd.size(),
-                           loss_scale=training.DynamicLossScale() if amp else None)
+                           loss_scale=training.DynamicLossScale() if amp else None,
+                           jit_compile=xla)
 features, label = next(iter(dataset.SyntheticDataset(16, vocab_sizes, 1, seed=hvd.rank())))
 trainer.build_and_broadcast(features)
 graph_def = trainer.train_step.get_concrete_function(features, label).graph.as_graph_def()

@@ -35,6 +35,10 @@ def test_step_graph(tmp_path, num_ranks, amp, compress, xla):
     fused = xla and num_ranks == 1 and not compress
     assert len(compiled) == (6 if fused else 4 if xla else 0), xla_functions
     assert any("scaled_gradient" in name for name in xla_functions) == fused, xla_functions
+    # --xla: the dense variables' update (and, under AMP, their finiteness check) compile.
+    assert any("__inference__sgd_" in name for name in xla_functions) == xla, xla_functions
+    assert any("__inference__all_finite_" in name
+               for name in xla_functions) == (xla and amp), xla_functions
     assert "ResourceGather" in names and "ResourceScatterSub" in names
     horovod = {op for op in names if op.startswith("Horovod")}
     if num_ranks == 1:

@@ -86,11 +86,12 @@ def _snapshot(model):
     return [v.numpy().copy() for v in model.dense_variables + model.embedding_variables]
 
 
-def test_loss_scaling_skips_a_step_on_an_injected_inf():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_loss_scaling_skips_a_step_on_an_injected_inf(jit_compile):
     model = _TinyModel()
     scale = training.DynamicLossScale(initial_scale=1024.0, growth_interval=2)
     trainer = training.Trainer(model, lambda step: tf.constant(0.1), global_batch=4,
-                               loss_scale=scale)
+                               loss_scale=scale, jit_compile=jit_compile)
     features, label = _batch()
     trainer.build_and_broadcast(features)
     before = _snapshot(model)
@@ -122,9 +123,11 @@ def test_loss_scaled_update_equals_the_unscaled_one():
         assert np.abs(unscaled).max() > 0
 
 
-def test_sgd_update_matches_a_by_hand_gradient():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_sgd_update_matches_a_by_hand_gradient(jit_compile):
     model = _TinyModel()
-    trainer = training.Trainer(model, lambda step: tf.constant(0.5), global_batch=4)
+    trainer = training.Trainer(model, lambda step: tf.constant(0.5), global_batch=4,
+                               jit_compile=jit_compile)
     (dense, ids), label = _batch()
     trainer.build_and_broadcast((dense, ids))
     kernel, bias = [v.numpy().astype(np.float64) for v in model.dense_variables]
