@@ -11,7 +11,7 @@
 #   bash bench/gpu_run.sh profile    a TF profiler trace of steps 41-50 of the first
 #                                    configuration, summarised by bench/trace_summary.py
 #                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12)
-#   bash bench/gpu_run.sh suite      the whole test suite
+#   bash bench/gpu_run.sh suite [FILES]  the test suite (or FILES), one summary line per file
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source /opt/dlrm-gpu/env.sh
@@ -53,8 +53,14 @@ case "$stage" in
       --profile_dir="$OUT/profile" --profile_steps=40:50 "$@" 2>&1 | tee "$OUT/profile.log"
     python bench/trace_summary.py "$OUT/profile" --steps=10 --top=40 \
       --json="$OUT/profile_summary.json" | tee -a "$OUT/profile.log" ;;
-  suite)
-    python -m pytest -q tests "$@" 2>&1 | tee "$OUT/suite.log" ;;
+  suite)  # file by file, so a call's time limit still leaves each finished file's summary
+    export TF_FORCE_GPU_ALLOW_GROWTH=true
+    for file in "${@:-tests/test_*.py}"; do
+      for f in $file; do
+        echo "== $f: $(python -m pytest -q -p no:cacheprovider "$f" 2>&1 | tail -n 1)" \
+          | tee -a "$OUT/suite.log"
+      done
+    done ;;
   *)
     echo "gpu_run.sh: unknown stage $stage"; exit 2 ;;
 esac
