@@ -158,8 +158,8 @@ class Trainer:
 
     @tf.function
     def train_step(self, features, label):
-        """features: (dense float32 [B, 13], categorical int32|int64 [B, 26]); label float32 [B, 1].
-        Returns this rank's mean loss (float32 scalar)."""
+        """features: (dense float32 [B, 13], categorical int32|int64 [B, 26]);
+        label float32 [B, 1]. Returns this rank's mean loss (float32 scalar)."""
         dense_vars = self.model.dense_variables
         embedding_vars = self.model.embedding_variables
         with tf.GradientTape() as tape:
@@ -184,7 +184,7 @@ class Trainer:
             if self.num_ranks > 1:  # every rank skips if any rank saw an overflow
                 local_bad = tf.cast(tf.logical_not(all_finite), tf.float32)
                 all_finite = hvd.allreduce(local_bad, op=hvd.Sum, name="nonfinite_flag") == 0.0
-            # A skipped step is an update at rate 0 (multiply_no_nan: 0 even for inf/nan), not
+            # A skipped step is an update at rate 0 (scaled_gradient: 0 even for inf/nan), not
             # a tf.cond, whose predicate would be copied to the host and stall the GPU.
             rate = tf.where(all_finite, lr / self.loss_scale.scale, 0.0)
             self.loss_scale.update(all_finite)

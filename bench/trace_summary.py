@@ -4,8 +4,8 @@
 
 PROFILE_DIR is main.py's --profile_dir (the newest *.xplane.pb under it is read). Prints, for
 the GPU's planes: the traced window, the time some kernel or copy ran (the union over streams),
-and per kernel name the count, total and mean time; per step when --steps is the number of
-steps traced. Needs only TensorFlow's protobuf modules (runs on a CPU machine too).
+and per kernel name the count and the time; all per step, with --steps the number of steps
+traced. Needs only TensorFlow's protobuf modules (runs on a CPU machine too).
 """
 
 import argparse
