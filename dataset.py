@@ -6,10 +6,12 @@ Every dataset yields, per step, `((dense, categorical), label)` as TF tensors:
     label        float32 [B, 1]
 Rank r of N, with per-rank batch B and global batch G = N * B, reads samples
 [i*G + r*B, i*G + (r+1)*B) for global batch i (the seed's layout). Training drops the last
-incomplete global batch; evaluation keeps it, spread over the ranks as evenly as possible
-(rank r gets q + (r < m) samples, q, m = divmod(rest, N)), so every test sample is read
-exactly once across the ranks, and every rank yields the same number of batches (some may
-be empty), as the collectives inside the model require.
+incomplete global batch. Evaluation keeps it, spread over the ranks as evenly as possible
+(rank r reads q + (r < m) samples, q, m = divmod(rest, N)) and padded so that every rank's
+last batch has the same q + (m > 0) rows: SOK needs the same number of keys from every rank
+in a lookup. Padding rows have dense 0, ids 0 and the label PAD_LABEL, which no sample has;
+evaluation drops their predictions. So every test sample is read exactly once across the
+ranks, and every rank yields the same number of batches of the same sizes.
 """
 
 import os
@@ -22,6 +24,7 @@ import tensorflow as tf
 import data_format as fmt
 
 CATEGORICAL_DTYPE = np.int32
+PAD_LABEL = -1.0  # label of the padding rows of the last evaluation batch
 
 
 class DataError(ValueError):
@@ -30,14 +33,26 @@ class DataError(ValueError):
 
 
 def batch_ranges(num_samples, batch_size, rank, num_ranks, drop_remainder):
-    """-> list of (start, count) of rank's batches. batch_size is per rank."""
+    """-> list of (start, count, rows) of rank's batches: count samples from start, padded to
+    rows (the same on every rank). batch_size is per rank."""
     global_batch = batch_size * num_ranks
     full, rest = divmod(num_samples, global_batch)
-    ranges = [(i * global_batch + rank * batch_size, batch_size) for i in range(full)]
+    ranges = [(i * global_batch + rank * batch_size, batch_size, batch_size)
+              for i in range(full)]
     if rest and not drop_remainder:
         q, m = divmod(rest, num_ranks)
-        ranges.append((full * global_batch + rank * q + min(rank, m), q + (rank < m)))
+        ranges.append((full * global_batch + rank * q + min(rank, m), q + (rank < m),
+                       q + (m > 0)))
     return ranges
+
+
+def pad_batch(dense, categorical, label, rows):
+    """Appends padding rows (dense 0, ids 0, label PAD_LABEL) to the numpy arrays of a batch
+    of n <= rows samples -> arrays of `rows` rows."""
+    pad = rows - len(label)
+    return (np.concatenate([dense, np.zeros((pad, dense.shape[1]), dense.dtype)]),
+            np.concatenate([categorical, np.zeros((pad, categorical.shape[1]), categorical.dtype)]),
+            np.concatenate([label, np.full((pad, 1), PAD_LABEL, label.dtype)]))
 
 
 def _prefetch(items, make_batch, out, stop):
@@ -161,7 +176,11 @@ class SplitDataset:
                             f"{categorical[i, feature]}, outside [0, {self.vocab_sizes[feature]})")
 
     def _make_batch(self, batch_range):
-        return _to_device(self.device, *self.read_numpy(*batch_range))
+        start, count, rows = batch_range
+        arrays = self.read_numpy(start, count)
+        if rows > count:
+            arrays = pad_batch(*arrays, rows)
+        return _to_device(self.device, *arrays)
 
     def __iter__(self):
         if self.prefetch > 0:

@@ -46,31 +46,62 @@ def feature_offsets(vocab_sizes):
     return np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
 
 
+SOK_API = ("init", "Variable", "lookup_sparse", "SGD", "filter_variables")  # SOK 2.x's
+
+
+class SOKUnavailable(RuntimeError):
+    """sparse_operation_kit is missing, fails to import, or is not SOK 2.x.
+    .reason: a short phrase for the start-up line."""
+
+    def __init__(self, reason, detail):
+        super().__init__("the sok embedding backend needs SparseOperationKit 2.x (merlin-sok "
+                         f">= 2.0, GPU only): {detail}. Use --embedding=tf instead.")
+        self.reason = reason
+
+
 def _import_sok():
+    """-> the sparse_operation_kit module, if it is SOK 2.x; else raises SOKUnavailable."""
     try:
         import sparse_operation_kit as sok
+    except ModuleNotFoundError as error:
+        if error.name != "sparse_operation_kit":
+            raise SOKUnavailable(f"SOK failed to import ({error!r})", f"import failed: {error!r}")
+        raise SOKUnavailable("SOK is not installed", "sparse_operation_kit is not installed")
     except Exception as error:  # SOK raises a plain Exception when its library is missing
-        raise RuntimeError(
-            "the sok embedding backend needs SparseOperationKit 2.x (merlin-sok, GPU only), "
-            f"which failed to import: {error!r}. Use the tf backend instead.") from error
+        raise SOKUnavailable(f"SOK failed to import ({error!r})", f"import failed: {error!r}")
+    version = str(getattr(sok, "__version__", "unknown"))
+    missing = [name for name in SOK_API if not hasattr(sok, name)]
+    if missing or not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 2:
+        where = getattr(sok, "__file__", None) or "an unknown path"
+        raise SOKUnavailable(
+            f"SOK {version} found, the sok backend needs 2.x",
+            f"found sparse_operation_kit {version} at {where}"
+            + (f", which has no sok.{', sok.'.join(missing)} (SOK 1.x?)" if missing else ""))
     return sok
+
+
+def _init_sok(sok):
+    """sok.init(), once per process: SOK 2.x raises when its communication tool is set twice
+    ("Communication tool cannot be set more than once"), e.g. for a second table set."""
+    try:
+        sok.init()
+    except RuntimeError as error:
+        if "more than once" not in str(error):
+            raise
 
 
 def resolve_backend(backend):
     """"auto" | "sok" | "tf" -> (the backend to build, why: one plain phrase).
-    auto takes sok where sparse_operation_kit imports, else tf."""
+    auto takes sok where sparse_operation_kit imports and is SOK 2.x, else tf."""
     if backend not in BACKENDS:
         raise ValueError(f"embedding backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend, "asked for"
     try:
-        _import_sok()
-    except RuntimeError as error:
-        cause = error.__cause__
-        missing = isinstance(cause, ModuleNotFoundError) and cause.name == "sparse_operation_kit"
-        return "tf", ("auto: SOK is not installed" if missing
-                      else f"auto: SOK failed to import ({cause!r})")
-    return "sok", "auto: SOK imports"
+        sok = _import_sok()
+    except SOKUnavailable as error:
+        return "tf", f"auto: {error.reason}"
+    return "sok", f"auto: SOK {getattr(sok, '__version__', '2.x')} imports"
 
 
 def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0,
@@ -206,13 +237,20 @@ class SOKEmbedding(tf.Module):
     Without compress: one sok.Variable per feature; row i of feature f lives on rank i % N.
     With compress: one fused sok.Variable over all features (global row offset[f] + id on
     rank r % N, the tf backend's layout), looked up with the batch's unique keys only.
-    Calls sok.init() on construction, so it must come after hvd.init() and the GPU pinning.
+    SOK 2.x needs every rank to bring the same number of keys to a lookup (it allgathers them
+    and derives the local batch from their count; kit_src/lookup/kernels/
+    embedding_collection.cc): the batches are equal (the evaluation's last one is padded,
+    see dataset.py), and under compress on N ranks the unique keys are padded with key 0 up to
+    the largest count over the ranks (one scalar allreduce; the padding's vectors are unused,
+    so its gradients are 0).
+    Calls sok.init() on construction (once per process), so it must come after hvd.init() and
+    the GPU pinning.
     """
 
     def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32):
         super().__init__(name="sok")
         self._sok = _import_sok()
-        self._sok.init()
+        _init_sok(self._sok)
         self.vector_dtype = tf.as_dtype(vector_dtype)
         self.vocab_sizes = list(vocab_sizes)
         self.dim = dim
@@ -248,6 +286,9 @@ class SOKEmbedding(tf.Module):
         num_features = len(self.vocab_sizes)
         if self.compress:
             keys, key_of_lookup = tf.unique(tf.reshape(ids + self._offsets, [-1]))  # [U], [B*F]
+            if hvd.size() > 1:  # the same number of keys on every rank: pad to the largest U
+                most = hvd.allreduce(tf.size(keys), op=hvd.Max, name="sok_unique_keys")
+                keys = tf.pad(keys, [[0, most - tf.size(keys)]])                    # [U_max]
             unique_vectors, = self._sok.lookup_sparse(
                 self.tables, [tf.RaggedTensor.from_tensor(keys[:, tf.newaxis])],
                 combiners=["sum"])                                                  # [U, D]

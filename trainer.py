@@ -14,6 +14,7 @@ import time
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
+from dataset import PAD_LABEL
 from embedding import scaled_gradient
 from metrics import roc_auc_tf
 
@@ -208,7 +209,8 @@ class Trainer:
 
     def evaluate(self, eval_dataset):
         """Exact ROC AUC over the whole test set, every rank's slice gathered, computed on the
-        device (metrics.roc_auc_tf); the same on all ranks. -> (auc float, number of samples)."""
+        device (metrics.roc_auc_tf); the same on all ranks. Rows labelled PAD_LABEL (the
+        padding of the last batch) are dropped. -> (auc float, number of samples)."""
         probabilities, labels = [], []
         for features, label in eval_dataset:
             probabilities.append(self.predict_step(features))
@@ -218,6 +220,9 @@ class Trainer:
         if self.num_ranks > 1:
             all_probabilities = hvd.allgather(all_probabilities)
             all_labels = hvd.allgather(all_labels)
+        samples = tf.not_equal(all_labels, PAD_LABEL)
+        all_probabilities = tf.boolean_mask(all_probabilities, samples)
+        all_labels = tf.boolean_mask(all_labels, samples)
         return roc_auc_tf(all_labels, all_probabilities), int(tf.size(all_labels))
 
     def check_loss(self):

@@ -26,7 +26,7 @@ import dataset  # noqa: E402
 def naive_batches(data_dir, batch_ranges, meta):
     """The seed's reader: one fromfile per file per batch, int64, concatenate."""
     layout = fmt.file_layout(meta["num_samples"], meta["vocab_sizes"])
-    for start, count in batch_ranges:
+    for start, count, _ in batch_ranges:
         columns = []
         for f in range(len(meta["vocab_sizes"])):
             dtype = layout[fmt.category_file(f)][0]
@@ -71,7 +71,7 @@ def main():
     # What the reader's range check (ids in [0, vocab), labels 0/1) costs, alone, on the
     # batches the reader returns.
     batches = []
-    for first, count in ranges[:16]:
+    for first, count, _ in ranges[:16]:
         _, categorical, label = ds.read_numpy(first, count)
         batches.append((first, categorical, label[:, 0].astype(np.int8)))
 

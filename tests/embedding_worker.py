@@ -1,10 +1,13 @@
-"""Run under horovodrun by test_embedding.py: one lookup and one SGD step of the tf backend.
+"""Run under horovodrun by test_embedding.py: one lookup and one SGD step of a backend.
 
-    python embedding_worker.py OUT_DIR
+    python embedding_worker.py OUT_DIR [BACKEND]     BACKEND: tf (default), sok, sok-stand-in
 
 Every rank builds the tables from the same numpy full table, looks up its slice of one global
 batch (eagerly and in a tf.function), takes one SGD step on loss = sum(vectors * weights), and
-writes OUT_DIR/rank{R}_compress{C}.npz with its initial shard, outputs and updated shard.
+writes OUT_DIR/rank{R}_compress{C}.npz with its initial shards, outputs and updated shards
+(one per table variable: the tf backend and sok with compress have one fused table, sok
+without compress one per feature). sok-stand-in runs the sok backend on tests/sok_stand_in.py
+and also records what a lookup with a different number of rows on each rank raised.
 """
 
 import os
@@ -32,8 +35,11 @@ def global_problem():
     return full_table, ids, weights
 
 
-def main(out_dir):
+def main(out_dir, backend="tf"):
     hvd.init()
+    if backend == "sok-stand-in":
+        import sok_stand_in
+        sok_stand_in.install()
     rank, num_ranks = hvd.rank(), hvd.size()
     full_table, ids, weights = global_problem()
     local = slice(rank * GLOBAL_BATCH // num_ranks, (rank + 1) * GLOBAL_BATCH // num_ranks)
@@ -41,9 +47,10 @@ def main(out_dir):
     table_source = tf.constant(full_table)
 
     for compress in (False, True):
-        emb = embedding.create_embedding("tf", VOCAB_SIZES, DIM, compress=compress,
+        emb = embedding.create_embedding(backend.replace("-stand-in", ""), VOCAB_SIZES, DIM,
+                                         compress=compress,
                                          initializer=lambda rows: tf.gather(table_source, rows))
-        initial_shard = emb.table.numpy()
+        initial_shards = [v.numpy() for v in emb.variables]
         eager_output = emb(local_ids).numpy()
         gradient_types = []
 
@@ -58,11 +65,19 @@ def main(out_dir):
             return vectors
 
         function_output = train_step(local_ids, local_weights).numpy()
+        unequal_error = ""
+        if backend == "sok-stand-in" and num_ranks > 1:
+            try:
+                emb(local_ids[:1 + rank])  # rank r brings 1 + r rows
+            except tf.errors.InvalidArgumentError as error:
+                unequal_error = error.message
+        shards = {f"initial_shard{i}": shard for i, shard in enumerate(initial_shards)}
+        shards.update({f"updated_shard{i}": v.numpy() for i, v in enumerate(emb.variables)})
         np.savez(os.path.join(out_dir, f"rank{rank}_compress{int(compress)}.npz"),
-                 initial_shard=initial_shard, eager_output=eager_output,
-                 function_output=function_output, updated_shard=emb.table.numpy(),
-                 gradient_types=np.array(gradient_types), name=np.array(emb.name))
+                 eager_output=eager_output, function_output=function_output,
+                 gradient_types=np.array(gradient_types), name=np.array(emb.name),
+                 num_shards=len(initial_shards), unequal_error=np.array(unequal_error), **shards)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -40,19 +40,24 @@ def test_batch_ranges_cover_each_sample_once(num_samples, num_ranks, batch_size)
         assert len({len(ranges) for ranges in per_rank}) == 1  # same number of steps everywhere
         seen = np.zeros(num_samples, np.int64)
         for ranges in per_rank:
-            for start, count in ranges:
-                assert 0 <= count <= batch_size
+            for start, count, rows in ranges:
+                assert 0 <= count <= rows <= batch_size
                 seen[start:start + count] += 1
         assert seen.sum() == expected_count and seen.max(initial=0) <= 1
         assert (seen[:expected_count] == 1).all()
+        # Every rank's i-th batch has the same number of rows (SOK's rule for a lookup).
+        for step in zip(*per_rank):
+            assert len({rows for _, _, rows in step}) == 1
     # The seed's layout for full batches: global batch i, rank r -> [i*G + r*B, i*G + (r+1)*B).
     for r, ranges in enumerate(per_rank_train):
-        assert ranges == [(i * global_batch + r * batch_size, batch_size)
+        assert ranges == [(i * global_batch + r * batch_size, batch_size, batch_size)
                           for i in range(num_samples // global_batch)]
-    # The remainder is spread as evenly as possible.
-    if num_samples % global_batch:
-        tail = [ranges[-1][1] for ranges in per_rank_eval]
-        assert max(tail) - min(tail) <= 1
+    # The remainder is spread as evenly as possible, padded to ceil(rest / N) rows.
+    rest = num_samples % global_batch
+    if rest:
+        tail = [ranges[-1] for ranges in per_rank_eval]
+        assert max(c for _, c, _ in tail) - min(c for _, c, _ in tail) <= 1
+        assert tail[0][2] == -(-rest // num_ranks)
 
 
 def test_values_and_types_match_the_raw_file(tmp_path, rng):
@@ -62,18 +67,22 @@ def test_values_and_types_match_the_raw_file(tmp_path, rng):
             for prefetch in [0, 2]:
                 ds = dataset.SplitDataset(data_dir, 8, rank, num_ranks, training=False,
                                           prefetch=prefetch)
-                starts = [s for s, _ in dataset.batch_ranges(103, 8, rank, num_ranks, False)]
-                assert len(ds) == len(starts)
+                ranges = dataset.batch_ranges(103, 8, rank, num_ranks, False)
+                assert len(ds) == len(ranges)
                 for epoch in range(2):  # a second epoch reads the same
-                    for ((dense, categorical), label), start in zip(ds, starts):
-                        rows = raw[start:start + len(label)]
-                        assert dense.dtype.name == "float32" and dense.shape == (len(rows), 13)
-                        assert categorical.dtype.name == "int32"
-                        assert label.dtype.name == "float32" and label.shape == (len(rows), 1)
-                        np.testing.assert_array_equal(categorical.numpy(), rows[:, 14:])
-                        np.testing.assert_array_equal(label.numpy()[:, 0], rows[:, 0])
-                        np.testing.assert_allclose(dense.numpy(), np.log(rows[:, 1:14] + 3.0),
-                                                   rtol=1e-3)
+                    for ((dense, categorical), label), (start, count, size) in zip(ds, ranges):
+                        rows = raw[start:start + count]
+                        assert dense.dtype.name == "float32" and dense.shape == (size, 13)
+                        assert categorical.dtype.name == "int32" and categorical.shape == (size, 26)
+                        assert label.dtype.name == "float32" and label.shape == (size, 1)
+                        np.testing.assert_array_equal(categorical.numpy()[:count], rows[:, 14:])
+                        np.testing.assert_array_equal(label.numpy()[:count, 0], rows[:, 0])
+                        np.testing.assert_allclose(dense.numpy()[:count],
+                                                   np.log(rows[:, 1:14] + 3.0), rtol=1e-3)
+                        # padding: dense 0, ids 0, label -1
+                        assert (dense.numpy()[count:] == 0).all()
+                        assert (categorical.numpy()[count:] == 0).all()
+                        assert (label.numpy()[count:] == -1).all()
 
 
 def test_an_abandoned_iterator_stops_its_thread(tmp_path, rng):
@@ -136,8 +145,12 @@ def test_reader_under_horovodrun(tmp_path, rng):
     for rank in range(2):
         got = np.load(tmp_path / f"rank{rank}.npz")
         assert got["num_ranks"] == 2
-        ids.append(got["categorical"])
-        labels.append(got["label"])
+        # 77 = 7 global batches of 10 + 7: the last is 4 + 3 samples, rank 1's padded to 4.
+        assert len(got["label"]) == 7 * 5 + 4
+        samples = got["label"][:, 0] != dataset.PAD_LABEL
+        assert (~samples).sum() == rank
+        ids.append(got["categorical"][samples])
+        labels.append(got["label"][samples])
     # Evaluation mode: the two ranks together read every sample exactly once.
     ids = np.concatenate(ids)
     order = np.lexsort(ids.T[::-1])

@@ -1,4 +1,5 @@
-"""embedding.py: the tf backend on 1, 2 and 4 ranks against numpy; the sok backend on a stand-in."""
+"""embedding.py: the tf backend on 1, 2 and 4 ranks against numpy; the sok backend on
+sok_stand_in.py (SOK 2.x's rules, on CPU ranks) on 1, 2 and 3 ranks."""
 
 import os
 import sys
@@ -13,6 +14,7 @@ from conftest import horovodrun
 import embedding
 import embedding_worker as worker
 import model
+import sok_stand_in
 
 WORKER = os.path.join(os.path.dirname(__file__), "embedding_worker.py")
 
@@ -32,53 +34,87 @@ def _reference_step(full_table, ids, weights):
     return table[rows], table - worker.LEARNING_RATE * gradient
 
 
+RANKS = {"tf": (1, 2, 4), "sok-stand-in": (2, 3)}  # sok on 1 rank: the in-process tests
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{num_ranks: {compress: [per-rank npz dict]}} from horovodrun -np 1, 2 and 4."""
+    """{(backend, num_ranks): {compress: [per-rank npz dict]}} from horovodrun -np N."""
     results = {}
-    for num_ranks in (1, 2, 4):
-        out_dir = tmp_path_factory.mktemp(f"np{num_ranks}")
-        horovodrun(num_ranks, WORKER, out_dir, timeout=240)
-        results[num_ranks] = {
-            compress: [dict(np.load(out_dir / f"rank{r}_compress{int(compress)}.npz"))
-                       for r in range(num_ranks)]
-            for compress in (False, True)}
+    for backend, rank_counts in RANKS.items():
+        for num_ranks in rank_counts:
+            out_dir = tmp_path_factory.mktemp(f"{backend}_np{num_ranks}")
+            horovodrun(num_ranks, WORKER, out_dir, backend, timeout=240)
+            results[backend, num_ranks] = {
+                compress: [dict(np.load(out_dir / f"rank{r}_compress{int(compress)}.npz"))
+                           for r in range(num_ranks)]
+                for compress in (False, True)}
     return results
 
 
-@pytest.mark.parametrize("num_ranks", [1, 2, 4])
+def _shard_rows(backend, compress, rank, num_ranks):
+    """-> [global rows of local row 0, 1, ...] for each table variable of a rank: the fused
+    table (tf; sok with compress) holds rows rank, rank + N, ...; sok without compress holds
+    those rows of each feature's table."""
+    total_rows = sum(worker.VOCAB_SIZES)
+    if backend == "tf" or compress:
+        return [np.arange(rank, total_rows, num_ranks)]
+    offsets = embedding.feature_offsets(worker.VOCAB_SIZES)
+    return [offset + np.arange(rank, vocab, num_ranks)
+            for offset, vocab in zip(offsets, worker.VOCAB_SIZES)]
+
+
+@pytest.mark.parametrize("backend,num_ranks",
+                         [(b, n) for b, counts in RANKS.items() for n in counts])
 @pytest.mark.parametrize("compress", [False, True])
-def test_tf_backend_matches_numpy(runs, num_ranks, compress):
+def test_backend_matches_numpy(runs, backend, num_ranks, compress):
     full_table, ids, weights = worker.global_problem()
     expected_vectors, expected_table = _reference_step(full_table, ids, weights)
-    total_rows = sum(worker.VOCAB_SIZES)
-    ranks = runs[num_ranks][compress]
-    updated_table = np.full((total_rows, worker.DIM), np.nan)
+    ranks = runs[backend, num_ranks][compress]
+    updated_table = np.full(expected_table.shape, np.nan)
     for rank, result in enumerate(ranks):
-        assert str(result["name"]) == "tf"
-        # Only this rank's rows r = rank, rank + N, ...: shape and values.
-        own_rows = np.arange(rank, total_rows, num_ranks)
-        assert result["initial_shard"].shape == (len(own_rows), worker.DIM)
-        np.testing.assert_array_equal(result["initial_shard"], full_table[own_rows])
+        assert str(result["name"]) == backend.replace("-stand-in", "")
+        # Only this rank's rows: shapes and values.
+        shard_rows = _shard_rows(backend, compress, rank, num_ranks)
+        assert int(result["num_shards"]) == len(shard_rows)
+        for i, rows in enumerate(shard_rows):
+            assert result[f"initial_shard{i}"].shape == (len(rows), worker.DIM)
+            np.testing.assert_array_equal(result[f"initial_shard{i}"], full_table[rows])
+            updated_table[rows] = result[f"updated_shard{i}"]
         # Lookup of the local slice of the global batch, eager and in a tf.function.
         local = slice(rank * worker.GLOBAL_BATCH // num_ranks,
                       (rank + 1) * worker.GLOBAL_BATCH // num_ranks)
         np.testing.assert_array_equal(result["eager_output"], expected_vectors[local])
         np.testing.assert_array_equal(result["function_output"], expected_vectors[local])
-        assert list(result["gradient_types"]) == ["IndexedSlices"]
-        updated_table[own_rows] = result["updated_shard"]
+        assert list(result["gradient_types"]) == ["IndexedSlices"] * len(shard_rows)
     # The union of the shards is the numpy update of the full table.
     np.testing.assert_allclose(updated_table, expected_table, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_ranks", RANKS["sok-stand-in"])
+def test_sok_lookups_bring_the_same_number_of_keys_on_every_rank(runs, num_ranks):
+    """The stand-in refuses a lookup with 1 + rank rows on each rank (as SOK does); under
+    compress the backend pads each rank's unique keys to the largest count, so the same
+    lookup goes through (and the training step above, whose ranks have different numbers of
+    unique keys, matched numpy)."""
+    for rank, result in enumerate(runs["sok-stand-in", num_ranks][False]):
+        assert sok_stand_in.SAME_KEYS_RULE in str(result["unequal_error"]), rank
+    for result in runs["sok-stand-in", num_ranks][True]:
+        assert str(result["unequal_error"]) == ""
+    _, ids, _ = worker.global_problem()
+    rows = ids + embedding.feature_offsets(worker.VOCAB_SIZES)
+    per_rank = np.split(rows, num_ranks)
+    assert len({len(np.unique(r)) for r in per_rank}) > 1  # the padding was needed
 
 
 @pytest.mark.parametrize("num_ranks", [1, 2, 4])
 def test_compress_changes_nothing(runs, num_ranks):
     """Lookups are bit-identical; updates differ at most by the rounding of summing a row's
     duplicate gradients in another order (compress sums them before the exchange)."""
-    for plain, compressed in zip(runs[num_ranks][False], runs[num_ranks][True]):
+    for plain, compressed in zip(runs["tf", num_ranks][False], runs["tf", num_ranks][True]):
         for key in ("eager_output", "function_output"):
             np.testing.assert_array_equal(plain[key], compressed[key])
-        np.testing.assert_allclose(plain["updated_shard"], compressed["updated_shard"],
+        np.testing.assert_allclose(plain["updated_shard0"], compressed["updated_shard0"],
                                    rtol=0, atol=1e-6)
 
 
@@ -103,49 +139,8 @@ def test_bad_backend_and_missing_sok(monkeypatch):
     assert embedding.create_embedding("auto", [3], 2).name == "tf"
 
 
-class _StandInSOK(types.ModuleType):
-    """The part of SOK 2.x that the sok backend uses, on plain TF variables, recording calls."""
-
-    def __init__(self):
-        super().__init__("sparse_operation_kit")
-        self.init_calls = 0
-        self.lookup_calls = []
-        self.sgd_updates = []
-        self.tables = []
-        stand_in = self
-
-        class SGD:
-            def __init__(self, lr):
-                self.lr = tf.Variable(lr)
-
-            def apply_gradients(self, grads_and_vars):
-                grads_and_vars = list(grads_and_vars)
-                stand_in.sgd_updates.append((float(self.lr.numpy()), grads_and_vars))
-                for grad, table in grads_and_vars:
-                    table.scatter_sub(tf.IndexedSlices(grad.values * self.lr, grad.indices))
-
-        self.SGD = SGD
-
-    def init(self):
-        self.init_calls += 1
-
-    def Variable(self, shape, initializer, dtype):  # one rank: the shard is the whole table
-        table = tf.Variable(initializer(shape=tuple(shape), dtype=dtype))
-        self.tables.append(table)
-        return table
-
-    def lookup_sparse(self, params, sp_ids, combiners):
-        self.lookup_calls.append((list(params), list(sp_ids), list(combiners)))
-        return [tf.gather(table, ids.values) for table, ids in zip(params, sp_ids)]
-
-    def filter_variables(self, variables):
-        tables = {table.ref() for table in self.tables}
-        return ([v for v in variables if v.ref() in tables],
-                [v for v in variables if v.ref() not in tables])
-
-
 def test_sok_backend_on_a_stand_in(monkeypatch):
-    sok = _StandInSOK()
+    sok = sok_stand_in.StandInSOK()
     monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
     vocab_sizes, dim = [3, 5, 2], 4
     full_table = np.random.default_rng(0).standard_normal((10, dim)).astype(np.float32)
@@ -175,7 +170,7 @@ def test_sok_backend_on_a_stand_in(monkeypatch):
     grads = tape.gradient(loss, dlrm.embedding_variables)
     emb.apply_gradients(grads, tf.constant(0.25))
     lr, grads_and_vars = sok.sgd_updates[0]
-    assert lr == 1.0  # the rate is folded into the gradients
+    assert float(lr.numpy()) == 1.0  # the rate is folded into the gradients
     assert [v.ref() for _, v in grads_and_vars] == [t.ref() for t in sok.tables]
     for (scaled, table), grad, old in zip(grads_and_vars, grads, before):
         assert isinstance(scaled, tf.IndexedSlices)
@@ -186,7 +181,7 @@ def test_sok_backend_on_a_stand_in(monkeypatch):
 
 
 def test_sok_backend_compress_uses_one_fused_table_and_unique_keys(monkeypatch):
-    sok = _StandInSOK()
+    sok = sok_stand_in.StandInSOK()
     monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
     vocab_sizes, dim = [3, 5, 2], 4
     full_table = np.random.default_rng(1).standard_normal((10, dim)).astype(np.float32)
@@ -213,17 +208,7 @@ def test_sok_backend_compress_uses_one_fused_table_and_unique_keys(monkeypatch):
 
 def test_sok_initializer_fills_each_rank_with_its_own_rows(monkeypatch):
     """Rank 1 of 3: SOK asks for the local shard (rows 1, 4, 7, ... of each table)."""
-    sok = _StandInSOK()
-    shard_shapes = []
-
-    def local_variable(shape, initializer, dtype):
-        rows = len(range(1, shape[0], 3))
-        shard_shapes.append(rows)
-        table = tf.Variable(initializer(shape=(rows, shape[1]), dtype=dtype))
-        sok.tables.append(table)
-        return table
-
-    sok.Variable = local_variable
+    sok = sok_stand_in.StandInSOK()
     monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
     monkeypatch.setattr(embedding.hvd, "rank", lambda: 1)
     monkeypatch.setattr(embedding.hvd, "size", lambda: 3)
@@ -231,9 +216,37 @@ def test_sok_initializer_fills_each_rank_with_its_own_rows(monkeypatch):
     full_table = np.random.default_rng(3).standard_normal((11, dim)).astype(np.float32)
     emb = embedding.create_embedding("sok", vocab_sizes, dim,
                                      initializer=lambda rows: tf.gather(full_table, rows))
-    assert shard_shapes == [2, 1]
+    assert [v.shape[0] for v in emb.variables] == [2, 1]
     np.testing.assert_array_equal(emb.variables[0].numpy(), full_table[[1, 4]])
     np.testing.assert_array_equal(emb.variables[1].numpy(), full_table[[7 + 1]])
+
+
+def test_sok_init_runs_once_per_process(monkeypatch):
+    """SOK 2.x raises on a second sok.init(): a second table set in the process still builds."""
+    sok = sok_stand_in.StandInSOK()
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
+    for _ in range(2):
+        assert embedding.create_embedding("sok", [3, 2], 2).name == "sok"
+    assert sok.init_calls == 2 and len(sok.tables) == 4
+    with pytest.raises(RuntimeError, match="more than once"):
+        sok.init()  # the stand-in keeps SOK's rule
+
+
+def test_sok_1x_is_refused_with_the_version_found(monkeypatch):
+    sok_1x = types.ModuleType("sparse_operation_kit")
+    sok_1x.__version__, sok_1x.__file__ = "1.1.4", "/site-packages/sparse_operation_kit/__init__.py"
+    sok_1x.Init = sok_1x.DistributedEmbedding = lambda *args, **kwargs: None  # SOK 1.x's API
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok_1x)
+    with pytest.raises(embedding.SOKUnavailable) as error:
+        embedding.create_embedding("sok", [3], 2)
+    message = str(error.value)
+    assert "needs SparseOperationKit 2.x" in message and "found sparse_operation_kit 1.1.4" in message
+    assert "/site-packages/sparse_operation_kit/__init__.py" in message
+    assert "no sok.init" in message and "--embedding=tf" in message
+    assert embedding.resolve_backend("auto") == ("tf", "auto: SOK 1.1.4 found, the sok backend needs 2.x")
+    sok_2x = sok_stand_in.StandInSOK()
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok_2x)
+    assert embedding.resolve_backend("auto") == ("sok", "auto: SOK 2.1.0 imports")
 
 
 def test_startup_builds_the_table_in_place():

@@ -155,3 +155,32 @@ def test_nonfinite_fp32_loss_names_the_step():
     trainer.train_step(*_batch())
     with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
         trainer.check_loss()
+
+
+def _auc_by_hand(labels, scores):
+    """Mann-Whitney: the share of (positive, negative) pairs ranked right, ties count 1/2."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    diff = pos[:, None].astype(np.float64) - neg[None, :]
+    return ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
+
+
+def test_evaluation_drops_the_padding_rows():
+    model = _TinyModel()
+    trainer = training.Trainer(model, lambda step: tf.constant(0.1), global_batch=4)
+    (dense, ids), label = _batch()
+    trainer.build_and_broadcast((dense, ids))
+    dense = tf.constant([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0], [-2.0, 1.0, 0.5], [0.0, 0.0, 3.0]])
+    # The last batch: two samples, then two padding rows whose scores would rank above or
+    # below every sample (so counting them as samples of either label changes the AUC).
+    last_dense = tf.constant([[2.0, 1.0, -1.0], [0.0, 1.0, 1.0], [50.0] * 3, [-50.0] * 3])
+    last_label = tf.constant([[0.0], [1.0], [-1.0], [-1.0]])
+    batches = [((dense, ids), label), ((last_dense, ids), last_label)]
+    auc, num_samples = trainer.evaluate(batches)
+    scores = np.concatenate([tf.sigmoid(model((dense, ids))).numpy()[:, 0],
+                             tf.sigmoid(model((last_dense, ids))).numpy()[:2, 0]])
+    labels = np.array([1, 0, 1, 0, 0, 1])
+    assert num_samples == 6
+    assert auc == pytest.approx(_auc_by_hand(labels, scores), abs=1e-6)
+    with_padding = _auc_by_hand(np.array([1, 0, 1, 0, 0, 1, 1, 0]),
+                                np.concatenate([scores, [1.0, 0.0]]))
+    assert abs(auc - with_padding) > 1e-3  # the test can tell the two apart

@@ -32,12 +32,15 @@ def small_split(tmp_path_factory):
 
 
 def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path):
+    """tf on 1, 2, 4 ranks (and 2 with --compress), and the sok backend on SOK's rules
+    (tests/sok_stand_in.py) on 2 ranks, all against the one-rank run."""
     runs = {}
-    for num_ranks, compress in [(1, 0), (2, 0), (4, 0), (2, 1)]:
-        out = tmp_path / f"np{num_ranks}_c{compress}.npz"
-        horovodrun(num_ranks, WORKER, small_split, out, 20, 64, compress)
-        runs[num_ranks, compress] = np.load(out)
-    reference = runs[1, 0]
+    for num_ranks, compress, backend in [(1, 0, "tf"), (2, 0, "tf"), (4, 0, "tf"), (2, 1, "tf"),
+                                         (2, 0, "sok-stand-in"), (2, 1, "sok-stand-in")]:
+        out = tmp_path / f"np{num_ranks}_c{compress}_{backend}.npz"
+        horovodrun(num_ranks, WORKER, small_split, out, 20, 64, compress, backend)
+        runs[num_ranks, compress, backend] = np.load(out)
+    reference = runs[1, 0, "tf"]
     assert np.isfinite(reference["losses"]).all()
     initial_table = np.random.default_rng(5).uniform(-0.5, 0.5, reference["table"].shape)
     assert np.abs(reference["table"] - initial_table).max() > 1e-3  # the tables were trained
@@ -64,8 +67,9 @@ def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path
             if name.startswith("dense_"):
                 np.testing.assert_allclose(run[name], reference[name], atol=2e-5,
                                            err_msg=f"{key} {name}")
-        # Each rank holds only its rows: ceil(total / N) at most.
-        assert run["shard_rows"] <= math.ceil(sum(VOCAB) / key[0]), key
+        # Each rank holds only its rows: ceil(rows / N) of each table at most.
+        tables = [sum(VOCAB)] if key[2] == "tf" or key[1] else VOCAB
+        assert run["shard_rows"] <= sum(math.ceil(rows / key[0]) for rows in tables), key
 
 
 def test_amp_skips_a_step_on_every_rank_when_one_rank_overflows(tmp_path):

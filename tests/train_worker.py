@@ -2,7 +2,10 @@
 initial state and saves, on rank 0, the global loss of every step, the final parameters
 (dense variables and the whole embedding table gathered from the shards), every rank's
 dense-variable checksum after the broadcast, and the evaluation AUC and every sample's
-prediction (in file order) over the training file."""
+prediction (in file order) over the training file.
+
+    python train_worker.py DATA_DIR OUT STEPS GLOBAL_BATCH COMPRESS [BACKEND]
+BACKEND: tf (default), or sok-stand-in (the sok backend on tests/sok_stand_in.py)."""
 
 import sys
 
@@ -17,6 +20,10 @@ import trainer as training
 
 hvd.init()
 data_dir, out_path, steps, global_batch, compress = sys.argv[1:6]
+backend = sys.argv[6] if len(sys.argv) > 6 else "tf"
+if backend == "sok-stand-in":
+    import sok_stand_in
+    sok_stand_in.install()
 steps, global_batch, compress = int(steps), int(global_batch), compress == "1"
 rank, world = hvd.rank(), hvd.size()
 
@@ -24,7 +31,7 @@ data = dataset.SplitDataset(data_dir, global_batch // world, rank, world, traini
 dim = 8
 full_table = np.random.default_rng(5).uniform(-0.5, 0.5, (sum(data.vocab_sizes), dim))
 tables = embedding.create_embedding(
-    "tf", data.vocab_sizes, dim, compress=compress,
+    backend.replace("-stand-in", ""), data.vocab_sizes, dim, compress=compress,
     initializer=lambda rows: tf.gather(tf.constant(full_table, tf.float32), rows))
 # A different dense initialisation on every rank: only the broadcast from rank 0 makes the
 # runs agree with the one-rank run (seed 0).
@@ -44,27 +51,34 @@ for _ in range(steps):
     losses.append(float(hvd.allreduce(trainer.train_step(features, label), op=hvd.Average)))
 
 # Evaluation over the same file (1603 samples) with batch 400: the remainder of 3 samples
-# leaves rank 3 of 4 an empty last batch, which must still take part in the exchange.
+# gives every rank a last batch of the same rows (2 + 1 padded to 2 + 2 on 2 ranks; on 4,
+# one row each, rank 3's only padding), which all take part in the exchange.
 eval_data = dataset.SplitDataset(data_dir, 400, rank, world, training=False)
 eval_auc, eval_samples = trainer.evaluate(eval_data)
 # Every sample's prediction, put back in file order through the reader's batch ranges.
-local_predictions = tf.concat([trainer.predict_step(features) for features, _ in eval_data], 0)
-local_samples = np.concatenate([np.arange(start, start + count) for start, count in
-                                dataset.batch_ranges(data.num_samples, 400, rank, world, False)])
+eval_ranges = dataset.batch_ranges(data.num_samples, 400, rank, world, False)
+local_predictions = tf.concat([trainer.predict_step(features)[:count] for (features, _), (_, count, _)
+                               in zip(eval_data, eval_ranges)], 0)
+local_samples = np.concatenate([np.arange(start, start + count)
+                                for start, count, _ in eval_ranges])
 all_predictions = hvd.allgather(local_predictions).numpy()
 all_samples = hvd.allgather(tf.constant(local_samples, tf.int64)).numpy()
 predictions = np.full(data.num_samples, np.nan, np.float32)
 predictions[all_samples] = all_predictions
 
-shard = net.embedding_variables[0]
-local_rows = np.arange(shard.shape[0]) * world + rank  # row r lives on rank r % N at r // N
+# Row r of a table lives on rank r % N at r // N: one fused table (tf; sok with compress) or
+# one per feature (sok), whose rows start at the feature's offset.
+shards = net.embedding_variables
+offsets = [0] if len(shards) == 1 else embedding.feature_offsets(data.vocab_sizes)
+local_rows = np.concatenate([offset + np.arange(shard.shape[0]) * world + rank
+                             for offset, shard in zip(offsets, shards)])
 rows = hvd.allgather(tf.constant(local_rows, tf.int64)).numpy()
-values = hvd.allgather(shard).numpy()
+values = hvd.allgather(tf.concat(shards, 0)).numpy()
 if rank == 0:
     assert np.array_equal(np.sort(rows), np.arange(len(full_table)))  # each row exactly once
     table = np.zeros_like(full_table)
     table[rows] = values
-    np.savez(out_path, losses=np.array(losses), table=table, shard_rows=shard.shape[0],
+    np.savez(out_path, losses=np.array(losses), table=table, shard_rows=len(local_rows),
              start_checksums=start_checksums, eval_auc=eval_auc, eval_samples=eval_samples,
              predictions=predictions, labels=data.read_numpy(0, data.num_samples)[2][:, 0],
              **{f"dense_{i}": v.numpy() for i, v in enumerate(net.dense_variables)})
