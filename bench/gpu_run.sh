@@ -12,6 +12,8 @@
 #                                    configuration, summarised by bench/trace_summary.py
 #                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12)
 #   bash bench/gpu_run.sh suite [FILES]  the test suite (or FILES), one summary line per file
+#   bash bench/gpu_run.sh horovod_nccl   installs the NCCL Horovod carried in .gpu/
+#                                    (gpu/build_horovod_nccl.sh) over the pack's Gloo-only one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source /opt/dlrm-gpu/env.sh
@@ -61,6 +63,8 @@ case "$stage" in
           | tee -a "$OUT/suite.log"
       done
     done ;;
+  horovod_nccl)
+    bash gpu/install_horovod_nccl.sh 2>&1 | tee "$OUT/horovod_nccl.log" ;;
   *)
     echo "gpu_run.sh: unknown stage $stage"; exit 2 ;;
 esac
