@@ -291,7 +291,7 @@ class SOKEmbedding(tf.Module):
                 keys = tf.pad(keys, [[0, most - tf.size(keys)]])                    # [U_max]
             unique_vectors, = self._sok.lookup_sparse(
                 self.tables, [tf.RaggedTensor.from_tensor(keys[:, tf.newaxis])],
-                combiners=["sum"])                                                  # [U, D]
+                combiners=["sum"])                                      # [U or U_max, D]
             vectors = tf.gather(unique_vectors, key_of_lookup)                     # [B*F, D]
             return tf.cast(tf.reshape(vectors, [-1, num_features, self.dim]), self.vector_dtype)
         per_feature = [tf.RaggedTensor.from_tensor(ids[:, f:f + 1]) for f in range(num_features)]
