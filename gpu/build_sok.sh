@@ -7,9 +7,8 @@
 #
 #   bash gpu/build_sok.sh
 #
-# Status (2026-12-02, BENCHMARKS.md "Builds for the GPU machine"): it builds the wheel, but
-# libsparse_operation_kit.so binds its CUDA runtime calls to TensorFlow's CUDA 12.2 runtime
-# while compiled against CUDA 13's headers: not usable as is, and not run on a GPU.
+# Status (2026-12-02, BENCHMARKS.md "Builds for the GPU machine"): builds the wheel (run in
+# pieces, not yet from the start in one go); not run on a GPU.
 #
 # Toolchain (PyPI only; see BENCHMARKS.md "Builds for the GPU machine"): CUDA 13.0's nvcc of
 # this machine (/usr/local/cuda; PyPI has no CUDA 12 nvcc), with cuBLAS, cuRAND, cuSPARSE and
@@ -88,7 +87,17 @@ grep -q "cudaMemLocation{cudaMemLocationTypeDevice, dev_id}" \
 export PATH=$cuda/bin:$mpi/bin:$work/tools/bin:/opt/dlrm-gpu/venv/bin:$PATH
 export PYTHONPATH=$work/tools CUDA_HOME=$cuda CUDAToolkit_ROOT=$cuda NCCL_DIR=$work/nccl/nvidia/nccl \
   MPI_HOME=$mpi OPAL_PREFIX=$mpi SOK_COMPILE_GPU_SM="80;90" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+# Each library carries CUDA 13's runtime, linked whole and kept local (as the custom op's
+# nvcc build does): without this, libsparse_operation_kit.so would bind its CUDA runtime
+# calls to the CUDA 12.2 runtime that TensorFlow's framework library exports, against
+# which CUDA 13's headers disagree (cudaGetDeviceProperties' struct, cudaMemPrefetchAsync).
 time python setup.py -q bdist_wheel -- -DCMAKE_CUDA_COMPILER=$cuda/bin/nvcc \
-  -DCUDAToolkit_ROOT=$cuda -DMPI_CXX_COMPILER=$mpi/bin/mpicxx -DMPI_C_COMPILER=$mpi/bin/mpicc
+  -DCUDAToolkit_ROOT=$cuda -DMPI_CXX_COMPILER=$mpi/bin/mpicxx -DMPI_C_COMPILER=$mpi/bin/mpicc \
+  -DCMAKE_CUDA_RUNTIME_LIBRARY=Static \
+  "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--whole-archive $cuda/lib/libcudart_static.a -Wl,--no-whole-archive -Wl,--exclude-libs,libcudart_static.a -ldl -lrt -lpthread"
+for lib in _skbuild/*/cmake-build/lib/*.so; do  # no CUDA runtime call left to bind elsewhere
+  if nm -D --undefined-only "$lib" | grep -qE " (cuda|__cuda)"; then
+    echo "build_sok.sh: $lib leaves CUDA runtime calls undefined"; exit 1; fi
+done
 cp dist/merlin_sok-*.whl "$top/.gpu/"
 ls -la "$top"/.gpu/merlin_sok-*.whl
