@@ -70,8 +70,9 @@ def _import_sok():
     except Exception as error:  # SOK raises a plain Exception when its library is missing
         raise SOKUnavailable(f"SOK failed to import ({error!r})", f"import failed: {error!r}")
     version = str(getattr(sok, "__version__", "unknown"))
+    major = version.split(".")[0]
     missing = [name for name in SOK_API if not hasattr(sok, name)]
-    if missing or not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 2:
+    if missing or not major.isdigit() or int(major) < 2:
         where = getattr(sok, "__file__", None) or "an unknown path"
         raise SOKUnavailable(
             f"SOK {version} found, the sok backend needs 2.x",

@@ -35,6 +35,18 @@ def global_problem():
     return full_table, ids, weights
 
 
+def shard_rows(vocab_sizes, per_feature_tables, rank, num_ranks):
+    """By hand, the layout the backends promise: -> [global rows of local row 0, 1, ...] per
+    table variable of `rank`. Row i of a table lives on rank i % N at i // N, in one fused
+    table (tf; sok with compress) or in one table per feature (sok), whose global rows start
+    at the feature's offset."""
+    if not per_feature_tables:
+        return [np.arange(rank, sum(vocab_sizes), num_ranks)]
+    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]])
+    return [offset + np.arange(rank, vocab, num_ranks)
+            for offset, vocab in zip(offsets, vocab_sizes)]
+
+
 def main(out_dir, backend="tf"):
     hvd.init()
     if backend == "sok-stand-in":

@@ -52,18 +52,6 @@ def runs(tmp_path_factory):
     return results
 
 
-def _shard_rows(backend, compress, rank, num_ranks):
-    """-> [global rows of local row 0, 1, ...] for each table variable of a rank: the fused
-    table (tf; sok with compress) holds rows rank, rank + N, ...; sok without compress holds
-    those rows of each feature's table."""
-    total_rows = sum(worker.VOCAB_SIZES)
-    if backend == "tf" or compress:
-        return [np.arange(rank, total_rows, num_ranks)]
-    offsets = embedding.feature_offsets(worker.VOCAB_SIZES)
-    return [offset + np.arange(rank, vocab, num_ranks)
-            for offset, vocab in zip(offsets, worker.VOCAB_SIZES)]
-
-
 @pytest.mark.parametrize("backend,num_ranks",
                          [(b, n) for b, counts in RANKS.items() for n in counts])
 @pytest.mark.parametrize("compress", [False, True])
@@ -75,7 +63,8 @@ def test_backend_matches_numpy(runs, backend, num_ranks, compress):
     for rank, result in enumerate(ranks):
         assert str(result["name"]) == backend.replace("-stand-in", "")
         # Only this rank's rows: shapes and values.
-        shard_rows = _shard_rows(backend, compress, rank, num_ranks)
+        shard_rows = worker.shard_rows(worker.VOCAB_SIZES, backend != "tf" and not compress,
+                                       rank, num_ranks)
         assert int(result["num_shards"]) == len(shard_rows)
         for i, rows in enumerate(shard_rows):
             assert result[f"initial_shard{i}"].shape == (len(rows), worker.DIM)

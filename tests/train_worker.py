@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import dataset
 import embedding
+from embedding_worker import shard_rows
 import model as dlrm
 import trainer as training
 
@@ -66,19 +67,15 @@ all_samples = hvd.allgather(tf.constant(local_samples, tf.int64)).numpy()
 predictions = np.full(data.num_samples, np.nan, np.float32)
 predictions[all_samples] = all_predictions
 
-# Row r of a table lives on rank r % N at r // N: one fused table (tf; sok with compress) or
-# one per feature (sok), whose rows start at the feature's offset.
 shards = net.embedding_variables
-offsets = [0] if len(shards) == 1 else embedding.feature_offsets(data.vocab_sizes)
-local_rows = np.concatenate([offset + np.arange(shard.shape[0]) * world + rank
-                             for offset, shard in zip(offsets, shards)])
+local_rows = np.concatenate(shard_rows(data.vocab_sizes, len(shards) > 1, rank, world))
 rows = hvd.allgather(tf.constant(local_rows, tf.int64)).numpy()
 values = hvd.allgather(tf.concat(shards, 0)).numpy()
 if rank == 0:
     assert np.array_equal(np.sort(rows), np.arange(len(full_table)))  # each row exactly once
     table = np.zeros_like(full_table)
     table[rows] = values
-    np.savez(out_path, losses=np.array(losses), table=table, shard_rows=len(local_rows),
+    np.savez(out_path, losses=np.array(losses), table=table, shard_rows=sum(s.shape[0] for s in shards),
              start_checksums=start_checksums, eval_auc=eval_auc, eval_samples=eval_samples,
              predictions=predictions, labels=data.read_numpy(0, data.num_samples)[2][:, 0],
              **{f"dense_{i}": v.numpy() for i, v in enumerate(net.dense_variables)})
