@@ -46,6 +46,23 @@ def feature_offsets(vocab_sizes):
     return np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
 
 
+# Tables are filled in place in blocks of 1/64 of a shard (at least 32 MiB): the initializer's
+# temporaries stay a few percent of the table, and a 90 GiB table takes 64 scatters.
+_INIT_BLOCKS, _MIN_INIT_BLOCK_BYTES = 64, 1 << 25
+
+
+def fill_shard(table, initializer, rank, num_ranks, offset=0):
+    """Writes initializer's rows into a rank's shard, in place (scatters of blocks, never a
+    read or copy of the whole table): local row i of table [rows, D] float32 holds global
+    row offset + i * num_ranks + rank."""
+    local_rows, dim = table.shape
+    block_rows = max(1, _MIN_INIT_BLOCK_BYTES // (4 * dim), -(-local_rows // _INIT_BLOCKS))
+    for start in range(0, local_rows, block_rows):
+        local = tf.range(start, min(start + block_rows, local_rows), dtype=tf.int64)
+        table.scatter_update(tf.IndexedSlices(
+            tf.cast(initializer(offset + local * num_ranks + rank), tf.float32), local))
+
+
 SOK_API = ("init", "Variable", "lookup_sparse", "SGD", "filter_variables")  # SOK 2.x's
 
 
@@ -143,10 +160,6 @@ class TFEmbedding(tf.Module):
     sort, bincount or invert_permutation), so nothing in it needs host memory.
     """
 
-    # The table is filled in place in blocks of 1/64 of it (at least 32 MiB): the initializer's
-    # temporaries stay a few percent of the table, and a 90 GiB table takes 64 scatters.
-    _INIT_BLOCKS, _MIN_INIT_BLOCK_BYTES = 64, 1 << 25
-
     def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32,
                  jit_compile=False):
         super().__init__(name="tf")
@@ -158,11 +171,7 @@ class TFEmbedding(tf.Module):
         self._offsets = tf.constant(feature_offsets(vocab_sizes))
         local_rows = len(range(hvd.rank(), sum(vocab_sizes), self.num_ranks))
         self.table = tf.Variable(tf.zeros([local_rows, dim], tf.float32), name="embedding_table")
-        block_rows = max(1, self._MIN_INIT_BLOCK_BYTES // (4 * dim),
-                         -(-local_rows // self._INIT_BLOCKS))
-        for start in range(0, local_rows, block_rows):
-            self._fill_rows(initializer, tf.constant(start, tf.int64),
-                            tf.constant(min(block_rows, local_rows - start), tf.int64))
+        fill_shard(self.table, initializer, hvd.rank(), self.num_ranks)
         # XLA compiles each input shape anew: only one rank without compress has static shapes
         # (K = B * F keys); there the gather with its cast, and the update's scaling, compile.
         fused = jit_compile and self.num_ranks == 1 and not compress
@@ -170,14 +179,6 @@ class TFEmbedding(tf.Module):
             self._gather_rows
         self._scaled = tf.function(scaled_gradient, jit_compile=True) if fused else \
             scaled_gradient
-
-    def _fill_rows(self, initializer, start, count):
-        """Writes initializer's rows into local rows [start, start + count), in place (a
-        scatter, never a read or copy of the whole table)."""
-        local = tf.range(start, start + count)
-        global_rows = local * self.num_ranks + hvd.rank()
-        self.table.scatter_update(tf.IndexedSlices(
-            tf.cast(initializer(global_rows), tf.float32), local))
 
     def _gather_rows(self, local_rows):
         """local_rows int64 [K] -> vector_dtype [K, D]: this rank's rows, cast after the gather.
@@ -260,17 +261,15 @@ class SOKEmbedding(tf.Module):
         offsets = feature_offsets(vocab_sizes)
         self._offsets = tf.constant(offsets)
 
-        def table_initializer(offset):
-            def initialize(shape, dtype=tf.float32):  # SOK passes the local shard's shape
-                local_rows = rank + num_ranks * tf.range(shape[0], dtype=tf.int64)
-                return tf.cast(initializer(offset + local_rows), dtype)
-            return initialize
-
         shapes_offsets = ([(sum(vocab_sizes), 0)] if compress
                           else list(zip(vocab_sizes, offsets)))
+        # SOK allocates the local shard (rows rank, rank + N, ... of the table); zeros first,
+        # then filled in blocks like the tf backend's table (no whole-shard temporaries).
         self.tables = [self._sok.Variable(shape=[rows, dim], dtype=tf.float32,
-                                          initializer=table_initializer(int(offset)))
-                       for rows, offset in shapes_offsets]
+                                          initializer=lambda shape, dtype: tf.zeros(shape, dtype))
+                       for rows, _ in shapes_offsets]
+        for table, (_, offset) in zip(self.tables, shapes_offsets):
+            fill_shard(table, initializer, rank, num_ranks, int(offset))
         self._optimizer = self._sok.SGD(lr=1.0)
 
     @property

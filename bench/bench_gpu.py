@@ -1,10 +1,11 @@
 """DLRM on one GPU: the seed's configurations end to end, and the step's parts beside their floors.
 
-    python3 bench/bench_gpu.py configs --out=DIR [--steps=300]   main.py runs -> DIR/configs.{json,md}
+    python3 bench/bench_gpu.py configs --out=DIR [--steps=300] [--embedding=tf|sok]
+                                                        main.py runs -> DIR/configs_EMB.{json,md}
     python3 bench/bench_gpu.py parts --out=DIR                    parts alone -> DIR/parts.{json,md}
 
 configs: one `main.py --use_synthetic_dataset --vocab_sizes=criteo_tb --global_batch_size=65536
---embedding=tf` run per configuration (full Criteo table, 187.8M x 128 fp32 = 89.5 GiB), each in
+--embedding=EMB` run per configuration (full Criteo table, 187.8M x 128 fp32 = 89.5 GiB), each in
 its own process; ms/iter and samples/s over the steps after the first (the report's), first-step
 time (tracing, XLA compilation, PTX JIT), table start-up time, peak GPU memory at start and at
 the end (TF's allocator).
@@ -39,25 +40,26 @@ REPORT_KEYS = ["ms_per_iteration", "samples_per_second", "first_step_seconds", "
                "startup_peak_gpu_gib", "peak_gpu_gib"]
 
 
-def run_configs(out_dir, steps, names):
+def run_configs(out_dir, steps, names, embedding="tf"):
     rows = []
     for name in names:
-        results = os.path.join(out_dir, f"{name.replace(' ', '_')}.json")
+        stem = os.path.join(out_dir, f"{embedding}_{name.replace(' ', '_')}")
+        results = stem + ".json"
         cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--use_synthetic_dataset",
-               "--vocab_sizes=criteo_tb", f"--global_batch_size={BATCH}", "--embedding=tf",
+               "--vocab_sizes=criteo_tb", f"--global_batch_size={BATCH}", f"--embedding={embedding}",
                f"--early_stop={steps}", f"--log_interval={steps}", "--eval_in_last",
                f"--results_json={results}", *CONFIGS[name]]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        with open(os.path.join(out_dir, f"{name.replace(' ', '_')}.log"), "w") as log:
+        with open(stem + ".log", "w") as log:
             log.write(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            print(f"{name}: FAILED ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}",
+            print(f"{name}: FAILED ({proc.returncode}): {proc.stderr.strip().splitlines()[-6:]}",
                   flush=True)
             rows.append({"config": name, "failed": proc.returncode})
             continue
         report = json.load(open(results))
-        row = {"config": name, "flags": " ".join(CONFIGS[name]),
+        row = {"config": name, "embedding": embedding, "flags": " ".join(CONFIGS[name]),
                "wall_seconds": time.perf_counter() - start,
                **{key: report[key] for key in REPORT_KEYS}}
         rows.append(row)
@@ -247,6 +249,8 @@ def main():
     parser.add_argument("--out", required=True, help="directory for the JSON, markdown and logs")
     parser.add_argument("--steps", type=int, default=300, help="configs: steps per run")
     parser.add_argument("--only", default=None, help="configs: comma-separated names")
+    parser.add_argument("--embedding", choices=["tf", "sok"], default="tf",
+                        help="configs: main.py's embedding backend")
     parser.add_argument("--repeats", type=int, default=20, help="parts: runs per timing loop")
     parser.add_argument("--batch", type=int, default=BATCH, help="parts: batch (smoke runs)")
     parser.add_argument("--rows", type=int, default=None,
@@ -256,12 +260,14 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "configs":
         names = args.only.split(",") if args.only else list(CONFIGS)
-        rows, table = run_configs(args.out, args.steps, names)
+        rows, table = run_configs(args.out, args.steps, names, args.embedding)
+        stem = os.path.join(args.out, f"configs_{args.embedding}")
     else:
         rows, table = run_parts(args.repeats, args.batch, args.rows, args.scores)
-    with open(os.path.join(args.out, f"{args.mode}.json"), "w") as f:
+        stem = os.path.join(args.out, "parts")
+    with open(stem + ".json", "w") as f:
         json.dump(rows, f, indent=2)
-    with open(os.path.join(args.out, f"{args.mode}.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write("\n".join(table) + "\n")
     print("\n".join(table))
 

@@ -4,7 +4,8 @@
 #
 #   bash bench/gpu_run.sh build      the custom op against this TensorFlow (CUDA build)
 #   bash bench/gpu_run.sh tests      the GPU-facing tests: the op on the GPU, the step graph
-#   bash bench/gpu_run.sh configs    bench_gpu.py configs (the seed's configurations)
+#   bash bench/gpu_run.sh configs    bench_gpu.py configs (the seed's configurations;
+#                                    --embedding=sok for the sok backend)
 #   bash bench/gpu_run.sh parts      bench_gpu.py parts (the step's parts beside their floors)
 #   bash bench/gpu_run.sh real_data  20M/2M synthetic samples at full Criteo vocabularies:
 #                                    generate, split, train one epoch, evaluate
@@ -12,8 +13,8 @@
 #                                    configuration, summarised by bench/trace_summary.py
 #                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12)
 #   bash bench/gpu_run.sh suite [FILES]  the test suite (or FILES), one summary line per file
-#   bash bench/gpu_run.sh horovod_nccl   installs the NCCL Horovod carried in .gpu/
-#                                    (gpu/build_horovod_nccl.sh) over the pack's Gloo-only one
+#   bash bench/gpu_run.sh install    installs the builds carried in .gpu/ (gpu/install_builds.sh):
+#                                    NCCL Horovod over the pack's Gloo-only one, SOK 2.1.0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source /opt/dlrm-gpu/env.sh
@@ -63,8 +64,8 @@ case "$stage" in
           | tee -a "$OUT/suite.log"
       done
     done ;;
-  horovod_nccl)
-    bash gpu/install_horovod_nccl.sh 2>&1 | tee "$OUT/horovod_nccl.log" ;;
+  install)
+    bash gpu/install_builds.sh 2>&1 | tee "$OUT/install.log" ;;
   *)
     echo "gpu_run.sh: unknown stage $stage"; exit 2 ;;
 esac

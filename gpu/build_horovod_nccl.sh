@@ -3,7 +3,7 @@
 # tensors on the GPU) for the GPU environment of ../shared/gpu/, built on the CPU machine (no
 # GPU needed) against that environment's TensorFlow 2.15.1 (/opt/dlrm-gpu/venv, made by
 # ../shared/gpu/pack.sh). Writes .gpu/horovod-0.28.1-cp311-cp311-linux_x86_64.whl (~19 MB);
-# on the GPU machine: bash gpu/install_horovod_nccl.sh.
+# on the GPU machine: bash gpu/install_builds.sh.
 #
 #   bash gpu/build_horovod_nccl.sh          about 2.5 minutes on 2 cores
 #

@@ -1,5 +1,6 @@
 """embedding.py: the tf backend on 1, 2 and 4 ranks against numpy; the sok backend on
-sok_stand_in.py (SOK 2.x's rules, on CPU ranks) on 1, 2 and 3 ranks."""
+sok_stand_in.py (SOK 2.x's rules, on CPU ranks) on 1, 2 and 3 ranks, and on the real SOK 2.x
+on 1 rank where it imports (the GPU machine)."""
 
 import os
 import sys
@@ -35,21 +36,26 @@ def _reference_step(full_table, ids, weights):
 
 
 RANKS = {"tf": (1, 2, 4), "sok-stand-in": (2, 3)}  # sok on 1 rank: the in-process tests
+if embedding.resolve_backend("auto")[0] == "sok":  # SOK 2.x imports (a GPU machine): the real one
+    RANKS["sok"] = (1,)  # one rank per GPU (NCCL refuses two ranks on one GPU)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{(backend, num_ranks): {compress: [per-rank npz dict]}} from horovodrun -np N."""
+    """runs(backend, num_ranks) -> {compress: [per-rank npz dict]}, from one horovodrun -np N
+    per (backend, num_ranks), on first use."""
     results = {}
-    for backend, rank_counts in RANKS.items():
-        for num_ranks in rank_counts:
+
+    def run(backend, num_ranks):
+        if (backend, num_ranks) not in results:
             out_dir = tmp_path_factory.mktemp(f"{backend}_np{num_ranks}")
             horovodrun(num_ranks, WORKER, out_dir, backend, timeout=240)
             results[backend, num_ranks] = {
                 compress: [dict(np.load(out_dir / f"rank{r}_compress{int(compress)}.npz"))
                            for r in range(num_ranks)]
                 for compress in (False, True)}
-    return results
+        return results[backend, num_ranks]
+    return run
 
 
 @pytest.mark.parametrize("backend,num_ranks",
@@ -58,7 +64,7 @@ def runs(tmp_path_factory):
 def test_backend_matches_numpy(runs, backend, num_ranks, compress):
     full_table, ids, weights = worker.global_problem()
     expected_vectors, expected_table = _reference_step(full_table, ids, weights)
-    ranks = runs[backend, num_ranks][compress]
+    ranks = runs(backend, num_ranks)[compress]
     updated_table = np.full(expected_table.shape, np.nan)
     for rank, result in enumerate(ranks):
         assert str(result["name"]) == backend.replace("-stand-in", "")
@@ -86,9 +92,9 @@ def test_sok_lookups_bring_the_same_number_of_keys_on_every_rank(runs, num_ranks
     compress the backend pads each rank's unique keys to the largest count, so the same
     lookup goes through (and the training step above, whose ranks have different numbers of
     unique keys, matched numpy)."""
-    for rank, result in enumerate(runs["sok-stand-in", num_ranks][False]):
+    for rank, result in enumerate(runs("sok-stand-in", num_ranks)[False]):
         assert sok_stand_in.SAME_KEYS_RULE in str(result["unequal_error"]), rank
-    for result in runs["sok-stand-in", num_ranks][True]:
+    for result in runs("sok-stand-in", num_ranks)[True]:
         assert str(result["unequal_error"]) == ""
     _, ids, _ = worker.global_problem()
     rows = ids + embedding.feature_offsets(worker.VOCAB_SIZES)
@@ -100,7 +106,7 @@ def test_sok_lookups_bring_the_same_number_of_keys_on_every_rank(runs, num_ranks
 def test_compress_changes_nothing(runs, num_ranks):
     """Lookups are bit-identical; updates differ at most by the rounding of summing a row's
     duplicate gradients in another order (compress sums them before the exchange)."""
-    for plain, compressed in zip(runs["tf", num_ranks][False], runs["tf", num_ranks][True]):
+    for plain, compressed in zip(runs("tf", num_ranks)[False], runs("tf", num_ranks)[True]):
         for key in ("eager_output", "function_output"):
             np.testing.assert_array_equal(plain[key], compressed[key])
         np.testing.assert_allclose(plain["updated_shard0"], compressed["updated_shard0"],

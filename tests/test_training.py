@@ -1,5 +1,6 @@
 """End to end: model parallelism is exact over 1, 2 and 4 ranks, --compress changes nothing,
-main.py learns the synthetic signal, the CI smoke run and main.py's errors."""
+main.py learns the synthetic signal, the CI smoke run and main.py's errors; where SOK 2.x
+imports (the GPU machine), the real SOK trains as the tf backend on one rank."""
 
 import json
 import math
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc
+import embedding
 import split_bin
 import synthetic_data
 
@@ -31,16 +33,16 @@ def small_split(tmp_path_factory):
     return str(root / "train")
 
 
-def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path):
-    """tf on 1, 2, 4 ranks (and 2 with --compress), and the sok backend on SOK's rules
-    (tests/sok_stand_in.py) on 2 ranks, all against the one-rank run."""
-    runs = {}
-    for num_ranks, compress, backend in [(1, 0, "tf"), (2, 0, "tf"), (4, 0, "tf"), (2, 1, "tf"),
-                                         (2, 0, "sok-stand-in"), (2, 1, "sok-stand-in")]:
-        out = tmp_path / f"np{num_ranks}_c{compress}_{backend}.npz"
-        horovodrun(num_ranks, WORKER, small_split, out, 20, 64, compress, backend)
-        runs[num_ranks, compress, backend] = np.load(out)
-    reference = runs[1, 0, "tf"]
+def _train(split, tmp_path, num_ranks, compress, backend):
+    """train_worker.py on num_ranks ranks -> its npz (20 steps at global batch 64)."""
+    out = tmp_path / f"np{num_ranks}_c{compress}_{backend}.npz"
+    horovodrun(num_ranks, WORKER, split, out, 20, 64, compress, backend)
+    return np.load(out)
+
+
+def _assert_matches(runs, reference):
+    """Every run of runs {(num_ranks, compress, backend): npz} against the one-rank tf run:
+    start, losses, tables, dense weights, evaluation sample by sample, shard sizes."""
     assert np.isfinite(reference["losses"]).all()
     initial_table = np.random.default_rng(5).uniform(-0.5, 0.5, reference["table"].shape)
     assert np.abs(reference["table"] - initial_table).max() > 1e-3  # the tables were trained
@@ -70,6 +72,24 @@ def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path
         # Each rank holds only its rows: ceil(rows / N) of each table at most.
         tables = [sum(VOCAB)] if key[2] == "tf" or key[1] else VOCAB
         assert run["shard_rows"] <= sum(math.ceil(rows / key[0]) for rows in tables), key
+
+
+def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path):
+    """tf on 1, 2, 4 ranks (and 2 with --compress), and the sok backend on SOK's rules
+    (tests/sok_stand_in.py) on 2 ranks, all against the one-rank run."""
+    runs = {key: _train(small_split, tmp_path, *key)
+            for key in [(1, 0, "tf"), (2, 0, "tf"), (4, 0, "tf"), (2, 1, "tf"),
+                        (2, 0, "sok-stand-in"), (2, 1, "sok-stand-in")]}
+    _assert_matches(runs, runs[1, 0, "tf"])
+
+
+if embedding.resolve_backend("auto")[0] == "sok":  # SOK 2.x imports: the GPU machine
+    def test_real_sok_trains_as_tf_on_one_gpu(small_split, tmp_path):
+        """The sok backend on the real SOK 2.x, one rank (NCCL allows one rank per GPU),
+        with and without --compress, against the tf backend's one-rank run."""
+        runs = {key: _train(small_split, tmp_path, *key)
+                for key in [(1, 0, "tf"), (1, 0, "sok"), (1, 1, "sok")]}
+        _assert_matches(runs, runs[1, 0, "tf"])
 
 
 def test_amp_skips_a_step_on_every_rank_when_one_rank_overflows(tmp_path):
@@ -121,7 +141,8 @@ def test_ci_smoke_synthetic_dataset(tmp_path, options, built_custom_interact):
                  "--eval_in_last", "--embedding=auto", f"--results_json={results}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "training min | evaluating min | total min | ms/iter | samples/s" in proc.stdout
-    assert "embedding backend tf" in proc.stdout  # auto falls back to tf without SOK
+    # auto: tf without SOK 2.x (CPU machines), sok where it imports
+    assert f"embedding backend {embedding.resolve_backend('auto')[0]}" in proc.stdout
     report = json.load(open(results))
     assert report["steps"] == 20 and report["num_ranks"] == 2
     assert report["amp"] == ("--amp" in options) and report["compress"] == ("--compress" in options)

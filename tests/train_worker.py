@@ -5,7 +5,8 @@ dense-variable checksum after the broadcast, and the evaluation AUC and every sa
 prediction (in file order) over the training file.
 
     python train_worker.py DATA_DIR OUT STEPS GLOBAL_BATCH COMPRESS [BACKEND]
-BACKEND: tf (default), or sok-stand-in (the sok backend on tests/sok_stand_in.py)."""
+BACKEND: tf (default), sok (the real SOK 2.x), or sok-stand-in (the sok backend on
+tests/sok_stand_in.py)."""
 
 import sys
 
