@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # On the GPU machine, after bash .gpu/boot.sh: installs the builds carried in .gpu/ into the
 # pack's venv and checks them: Horovod with NCCL (gpu/build_horovod_nccl.sh) over the pack's
-# Gloo-only one, and SOK 2.1.0 (gpu/build_sok.sh). SOK's libraries need libcurand.so.10 (CUDA
-# 13's cuRAND) and libnccl.so.2 at load time: the first found on this machine is linked into
-# /opt/dlrm-gpu/libs, which env.sh puts on LD_LIBRARY_PATH.
+# Gloo-only one, and SOK 2.1.0 (gpu/build_sok.sh). The pack's venv has no pip: a wheel is
+# unpacked into site-packages (both are plain wheels: packages, no scripts). SOK's libraries
+# need libcurand.so.10 (CUDA 13's cuRAND) and libnccl.so.2 at load time (the first found on
+# this machine is linked into /opt/dlrm-gpu/libs, on env.sh's LD_LIBRARY_PATH), and the
+# driver's libcuda.so.1 with its symbols global (libhugectr_core23.so calls cuMemCreate and
+# does not list libcuda as needed; TF opens it privately): env.sh preloads it.
 #
 #   bash gpu/install_builds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source /opt/dlrm-gpu/env.sh
 libs=/opt/dlrm-gpu/libs
+site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+install_wheel() {  # wheel package: replaces site-packages/package and its dist-info
+  rm -rf "$site/$2" "$site"/$(basename "$1" | cut -d- -f1-2).dist-info
+  python -m zipfile -e "$1" "$site"
+}
 shopt -s nullglob
 horovod=(.gpu/horovod-0.28.1-*.whl) sok=(.gpu/merlin_sok-2.1.0-*.whl)
 [ ${#horovod[@]} -gt 0 ] || [ ${#sok[@]} -gt 0 ] || {
   echo "install_builds.sh: neither .gpu/horovod-0.28.1-*.whl nor .gpu/merlin_sok-2.1.0-*.whl is here"; exit 1; }
 if [ ${#horovod[@]} -gt 0 ]; then
-  python -m pip install -q --no-deps --no-index --force-reinstall "${horovod[0]}"
+  install_wheel "${horovod[0]}" horovod
   python -c "import horovod.tensorflow as hvd; assert hvd.nccl_built(), 'no NCCL'; print('horovod', hvd.__version__, 'NCCL built:', hvd.nccl_built(), 'CUDA:', hvd.cuda_built())"
 fi
 if [ ${#sok[@]} -gt 0 ]; then
@@ -26,6 +34,10 @@ if [ ${#sok[@]} -gt 0 ]; then
     [ -n "$found" ] || { echo "install_builds.sh: SOK needs $lib, not found on this machine"; exit 1; }
     ln -sf "$found" "$libs/$lib"; echo "install_builds.sh: $lib -> $found"
   done
-  python -m pip install -q --no-deps --no-index --force-reinstall "${sok[0]}"
+  install_wheel "${sok[0]}" sparse_operation_kit
+  cuda=$(ldconfig -p | awk '$1 == "libcuda.so.1" {print $NF; exit}')
+  [ -n "$cuda" ] || { echo "install_builds.sh: no libcuda.so.1 (the NVIDIA driver) on this machine"; exit 1; }
+  grep -q "LD_PRELOAD=$cuda" /opt/dlrm-gpu/env.sh || echo "export LD_PRELOAD=$cuda" >> /opt/dlrm-gpu/env.sh
+  source /opt/dlrm-gpu/env.sh
   python -c "import sparse_operation_kit as sok; print('SOK', sok.__version__, 'at', sok.__file__)" 2>&1 | grep -v "^\[SOK INFO\]"
 fi
