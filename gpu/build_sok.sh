@@ -2,13 +2,12 @@
 # SOK 2.1.0 (merlin-sok, from its source distribution) for the GPU environment of
 # ../shared/gpu/, built on the CPU machine (no GPU needed) against that environment's
 # TensorFlow 2.15.1 (/opt/dlrm-gpu/venv, made by ../shared/gpu/pack.sh), for sm_80 and sm_90.
-# Writes .gpu/merlin_sok-2.1.0-*.whl; on the GPU machine: pip install --no-deps it into the
-# pack's venv.
+# Writes .gpu/merlin_sok-2.1.0-*.whl; on the GPU machine: bash gpu/install_builds.sh.
 #
-#   bash gpu/build_sok.sh
+#   bash gpu/build_sok.sh                   about 17.5 minutes on 2 cores
 #
-# Status (2026-12-02, BENCHMARKS.md "Builds for the GPU machine"): builds the wheel from the
-# start in 17.5 minutes on 2 cores; the wheel is not run on a GPU yet.
+# Status: BENCHMARKS.md "Builds for the GPU machine" (the build) and "SOK on one H200" (the
+# wheel on the GPU).
 #
 # Toolchain (PyPI only; see BENCHMARKS.md "Builds for the GPU machine"): CUDA 13.0's nvcc of
 # this machine (/usr/local/cuda; PyPI has no CUDA 12 nvcc), with cuBLAS, cuRAND, cuSPARSE and
@@ -91,13 +90,19 @@ export PYTHONPATH=$work/tools CUDA_HOME=$cuda CUDAToolkit_ROOT=$cuda NCCL_DIR=$w
 # nvcc build does): without this, libsparse_operation_kit.so would bind its CUDA runtime
 # calls to the CUDA 12.2 runtime that TensorFlow's framework library exports, against
 # which CUDA 13's headers disagree (cudaGetDeviceProperties' struct, cudaMemPrefetchAsync).
+# And each names the driver's libcuda.so.1 as needed (the stub above at link time):
+# libhugectr_core23.so calls the driver API (cuMemCreate, ...), and TensorFlow opens
+# libcuda privately, so without the entry SOK fails to load ("undefined symbol: cuMemCreate").
 time python setup.py -q bdist_wheel -- -DCMAKE_CUDA_COMPILER=$cuda/bin/nvcc \
   -DCUDAToolkit_ROOT=$cuda -DMPI_CXX_COMPILER=$mpi/bin/mpicxx -DMPI_C_COMPILER=$mpi/bin/mpicc \
   -DCMAKE_CUDA_RUNTIME_LIBRARY=Static \
-  "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--whole-archive $cuda/lib/libcudart_static.a -Wl,--no-whole-archive -Wl,--exclude-libs,libcudart_static.a -ldl -lrt -lpthread"
+  "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--whole-archive $cuda/lib/libcudart_static.a -Wl,--no-whole-archive -Wl,--exclude-libs,libcudart_static.a -L$cuda/lib64/stubs -Wl,--no-as-needed -lcuda -Wl,--as-needed -ldl -lrt -lpthread"
 for lib in _skbuild/*/cmake-build/lib/*.so; do  # no CUDA runtime call left to bind elsewhere
   if nm -D --undefined-only "$lib" | grep -qE " (cuda|__cuda)"; then
     echo "build_sok.sh: $lib leaves CUDA runtime calls undefined"; exit 1; fi
+  if nm -D --undefined-only "$lib" | grep -qE " cu[A-Z]" && \
+     ! readelf -d "$lib" | grep -q "NEEDED.*\[libcuda.so.1\]"; then
+    echo "build_sok.sh: $lib calls the driver API without needing libcuda.so.1"; exit 1; fi
 done
 cp dist/merlin_sok-*.whl "$top/.gpu/"
 ls -la "$top"/.gpu/merlin_sok-*.whl

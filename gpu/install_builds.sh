@@ -5,8 +5,7 @@
 # unpacked into site-packages (both are plain wheels: packages, no scripts). SOK's libraries
 # need libcurand.so.10 (CUDA 13's cuRAND) and libnccl.so.2 at load time (the first found on
 # this machine is linked into /opt/dlrm-gpu/libs, on env.sh's LD_LIBRARY_PATH), and the
-# driver's libcuda.so.1 with its symbols global (libhugectr_core23.so calls cuMemCreate and
-# does not list libcuda as needed; TF opens it privately): env.sh preloads it.
+# driver's libcuda.so.1, which gpu/build_sok.sh makes them name as needed.
 #
 #   bash gpu/install_builds.sh
 set -euo pipefail
@@ -35,9 +34,5 @@ if [ ${#sok[@]} -gt 0 ]; then
     ln -sf "$found" "$libs/$lib"; echo "install_builds.sh: $lib -> $found"
   done
   install_wheel "${sok[0]}" sparse_operation_kit
-  cuda=$(ldconfig -p | awk '$1 == "libcuda.so.1" {print $NF; exit}')
-  [ -n "$cuda" ] || { echo "install_builds.sh: no libcuda.so.1 (the NVIDIA driver) on this machine"; exit 1; }
-  grep -q "LD_PRELOAD=$cuda" /opt/dlrm-gpu/env.sh || echo "export LD_PRELOAD=$cuda" >> /opt/dlrm-gpu/env.sh
-  source /opt/dlrm-gpu/env.sh
   python -c "import sparse_operation_kit as sok; print('SOK', sok.__version__, 'at', sok.__file__)" 2>&1 | grep -v "^\[SOK INFO\]"
 fi
