@@ -1,11 +1,13 @@
 """DLRM on one GPU: the seed's configurations end to end, and the step's parts beside their floors.
 
     python3 bench/bench_gpu.py configs --out=DIR [--steps=300] [--embedding=tf|sok]
+                                  [--vocab_sizes=criteo_tb] [--batch=65536] [--only=NAME,NAME]
                                                         main.py runs -> DIR/configs_EMB.{json,md}
     python3 bench/bench_gpu.py parts --out=DIR                    parts alone -> DIR/parts.{json,md}
 
 configs: one `main.py --use_synthetic_dataset --vocab_sizes=criteo_tb --global_batch_size=65536
---embedding=EMB` run per configuration (full Criteo table, 187.8M x 128 fp32 = 89.5 GiB), each in
+--embedding=EMB` run per configuration (by default the full Criteo table, 187.8M x 128 fp32 =
+89.5 GiB), each in
 its own process; ms/iter and samples/s over the steps after the first (the report's), first-step
 time (tracing, XLA compilation, PTX JIT), table start-up time, peak GPU memory at start and at
 the end (TF's allocator).
@@ -40,23 +42,31 @@ REPORT_KEYS = ["ms_per_iteration", "samples_per_second", "first_step_seconds", "
                "startup_peak_gpu_gib", "peak_gpu_gib"]
 
 
-def run_configs(out_dir, steps, names, embedding="tf"):
+def run_configs(out_dir, steps, names, embedding="tf", vocab_sizes="criteo_tb", batch=BATCH,
+                timeout=None):
     rows = []
     for name in names:
         stem = os.path.join(out_dir, f"{embedding}_{name.replace(' ', '_')}")
         results = stem + ".json"
         cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--use_synthetic_dataset",
-               "--vocab_sizes=criteo_tb", f"--global_batch_size={BATCH}", f"--embedding={embedding}",
+               f"--vocab_sizes={vocab_sizes}", f"--global_batch_size={batch}",
+               f"--embedding={embedding}",
                f"--early_stop={steps}", f"--log_interval={steps}", "--eval_in_last",
                f"--results_json={results}", *CONFIGS[name]]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as expired:
+            returncode = f"timeout {timeout} s"
+            stdout, stderr = [(out or b"").decode(errors="replace")
+                              for out in (expired.stdout, expired.stderr)]
         with open(stem + ".log", "w") as log:
-            log.write(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            print(f"{name}: FAILED ({proc.returncode}): {proc.stderr.strip().splitlines()[-6:]}",
+            log.write(" ".join(cmd) + "\n" + stdout + stderr)
+        if returncode != 0:
+            print(f"{name}: FAILED ({returncode}): {stderr.strip().splitlines()[-6:]}",
                   flush=True)
-            rows.append({"config": name, "failed": proc.returncode})
+            rows.append({"config": name, "failed": returncode})
             continue
         report = json.load(open(results))
         row = {"config": name, "embedding": embedding, "flags": " ".join(CONFIGS[name]),
@@ -249,10 +259,15 @@ def main():
     parser.add_argument("--out", required=True, help="directory for the JSON, markdown and logs")
     parser.add_argument("--steps", type=int, default=300, help="configs: steps per run")
     parser.add_argument("--only", default=None, help="configs: comma-separated names")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="configs: seconds a run may take before it counts as failed")
     parser.add_argument("--embedding", choices=["tf", "sok"], default="tf",
                         help="configs: main.py's embedding backend")
+    parser.add_argument("--vocab_sizes", default="criteo_tb",
+                        help="configs: main.py's --vocab_sizes (criteo_tb: the full table)")
     parser.add_argument("--repeats", type=int, default=20, help="parts: runs per timing loop")
-    parser.add_argument("--batch", type=int, default=BATCH, help="parts: batch (smoke runs)")
+    parser.add_argument("--batch", type=int, default=BATCH,
+                        help="the batch (configs: main.py's --global_batch_size)")
     parser.add_argument("--rows", type=int, default=None,
                         help="parts: table rows (default the full Criteo table; smoke runs)")
     parser.add_argument("--scores", type=int, default=89_137_319, help="parts: AUC scores")
@@ -260,7 +275,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "configs":
         names = args.only.split(",") if args.only else list(CONFIGS)
-        rows, table = run_configs(args.out, args.steps, names, args.embedding)
+        rows, table = run_configs(args.out, args.steps, names, args.embedding,
+                                  args.vocab_sizes, args.batch, args.timeout)
         stem = os.path.join(args.out, f"configs_{args.embedding}")
     else:
         rows, table = run_parts(args.repeats, args.batch, args.rows, args.scores)
