@@ -23,7 +23,7 @@ horovod=(.gpu/horovod-0.28.1-*.whl) sok=(.gpu/merlin_sok-2.1.0-*.whl)
   echo "install_builds.sh: neither .gpu/horovod-0.28.1-*.whl nor .gpu/merlin_sok-2.1.0-*.whl is here"; exit 1; }
 if [ ${#horovod[@]} -gt 0 ]; then
   install_wheel "${horovod[0]}" horovod
-  python -c "import horovod.tensorflow as hvd; assert hvd.nccl_built(), 'no NCCL'; print('horovod', hvd.__version__, 'NCCL built:', hvd.nccl_built(), 'CUDA:', hvd.cuda_built())"
+  python -c "import horovod.tensorflow as hvd; assert hvd.nccl_built(), 'no NCCL'; import horovod; print('horovod', horovod.__version__, 'NCCL built:', hvd.nccl_built(), 'CUDA:', hvd.cuda_built())"
 fi
 if [ ${#sok[@]} -gt 0 ]; then
   for lib in libcurand.so.10 libnccl.so.2; do
