@@ -237,10 +237,13 @@ class Trainer:
 
 
 def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_interval=None,
-        eval_in_last=False, auc_target=None, log_interval=100, profile=None, log=print):
+        eval_in_last=False, auc_target=None, log_interval=100, profile=None, log=print,
+        summary_writer=None):
     """Trains for `epochs` over train_dataset (or max_steps), evaluating every eval_interval
     steps and/or at the end; stops when AUC >= auc_target. Returns the report dict.
     profile: (start, stop, logdir): a TensorFlow profiler trace of steps start+1 .. stop.
+    summary_writer: a tf.summary writer (rank 0's) or None: TensorBoard scalars at each log
+    line (loss, lr, samples_per_second, loss_scale under AMP) and each evaluation (auc).
 
     Training time, ms per iteration and samples/s leave out the first step (tracing and
     compilation, reported as first_step_seconds) and the evaluations; total time has all."""
@@ -248,6 +251,12 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
     train_seconds = eval_seconds = warmup_seconds = 0.0
     evaluations, target_step, steps = [], None, 0
     run_start = time.perf_counter()
+
+    def scalars(**values):
+        if summary_writer is not None:
+            with summary_writer.as_default():
+                for name, value in values.items():
+                    tf.summary.scalar(name, value, step=steps)
 
     def run_eval():
         nonlocal eval_seconds, target_step
@@ -257,6 +266,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         auc = auc if math.isfinite(auc) else None  # nan: the test labels hold one class only
         eval_seconds += time.perf_counter() - start
         evaluations.append({"step": steps, "auc": auc})
+        if auc is not None:
+            scalars(auc=auc)
         log(f"eval step {steps}: AUC {'n/a (one class)' if auc is None else f'{auc:.6f}'} over "
             f"{num_samples} samples ({time.perf_counter() - start:.1f} s)")
         if (auc_target is not None and auc is not None and target_step is None
@@ -287,9 +298,13 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
             if steps % log_interval == 0 or last:
                 trainer.check_loss()
                 elapsed = time.perf_counter() - segment_start
-                log(f"epoch {epoch} step {steps}: loss {float(loss):.5f} "
-                    f"lr {float(trainer.lr_schedule(trainer.step - 1)):.4f} "
-                    f"{segment_steps * global_batch / max(elapsed, 1e-9):,.0f} samples/s")
+                lr = float(trainer.lr_schedule(trainer.step - 1))
+                samples_per_second = segment_steps * global_batch / max(elapsed, 1e-9)
+                log(f"epoch {epoch} step {steps}: loss {float(loss):.5f} lr {lr:.4f} "
+                    f"{samples_per_second:,.0f} samples/s")
+                scalars(loss=float(loss), lr=lr, samples_per_second=samples_per_second,
+                        **({"loss_scale": float(trainer.loss_scale.scale)}
+                           if trainer.loss_scale else {}))
             if eval_interval and steps % eval_interval == 0 and eval_dataset is not None:
                 train_seconds += time.perf_counter() - segment_start
                 stop = run_eval()
@@ -303,6 +318,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
     if eval_in_last and eval_dataset is not None and (not evaluations
                                                       or evaluations[-1]["step"] != steps):
         run_eval()
+    if summary_writer is not None:
+        summary_writer.flush()
     total_seconds = time.perf_counter() - run_start
     skipped = int(trainer.loss_scale.skipped_steps.numpy()) if trainer.loss_scale else 0
     return {

@@ -1,5 +1,8 @@
 """trainer.py: LR schedule against a by-hand table, loss scaling, non-finite loss, report."""
 
+import glob
+import os
+
 import horovod.tensorflow as hvd
 import numpy as np
 import pytest
@@ -184,3 +187,39 @@ def test_evaluation_drops_the_padding_rows():
     with_padding = _auc_by_hand(np.array([1, 0, 1, 0, 0, 1, 1, 0]),
                                 np.concatenate([scores, [1.0, 0.0]]))
     assert abs(auc - with_padding) > 1e-3  # the test can tell the two apart
+
+
+def _scalars(log_dir):
+    """TensorBoard event files under log_dir -> {tag: {step: value}}."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(str(log_dir), "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return found
+
+
+def test_fit_writes_the_logged_scalars_for_tensorboard(tmp_path):
+    model = _TinyModel()
+    scale = training.DynamicLossScale(initial_scale=256.0, growth_interval=1000)
+    trainer = training.Trainer(model, lambda step: tf.constant(0.05), global_batch=4,
+                               loss_scale=scale)
+    batches = [_batch(value) for value in (1.0, 0.5, -1.0, 2.0)]
+    lines = []
+    training.fit(trainer, batches, [_batch(0.3)], max_steps=4, log_interval=2,
+                 eval_in_last=True, log=lines.append,
+                 summary_writer=tf.summary.create_file_writer(str(tmp_path)))
+    logged = {int(line.split()[3].rstrip(":")): float(line.split()[5])
+              for line in lines if line.startswith("epoch")}
+    found = _scalars(tmp_path)
+    assert set(found) == {"loss", "lr", "samples_per_second", "loss_scale", "auc"}
+    assert set(found["loss"]) == {2, 4} == set(logged)
+    for step, loss in logged.items():  # the printed loss has 5 decimals
+        assert found["loss"][step] == pytest.approx(loss, abs=1e-5)
+    assert found["lr"] == {2: pytest.approx(0.05), 4: pytest.approx(0.05)}
+    assert found["loss_scale"] == {2: 256.0, 4: 256.0}
+    assert all(value > 0 for value in found["samples_per_second"].values())
+    (dense, ids), label = _batch(0.3)
+    scores = tf.sigmoid(model((dense, ids))).numpy()[:, 0]
+    assert found["auc"] == {4: pytest.approx(_auc_by_hand(label.numpy()[:, 0], scores),
+                                             abs=1e-6)}
