@@ -33,10 +33,14 @@ def pairwise_auc(labels, scores):
 
 
 def horovodrun(num_ranks, script, *args, timeout=600):
-    """Runs `python script args` on num_ranks local Gloo ranks; returns the CompletedProcess."""
+    """Runs `python script args` on num_ranks local Gloo ranks; returns the CompletedProcess.
+    More than one rank run on the CPU: on a GPU machine they would all open the same GPU,
+    which a Horovod built with NCCL refuses (one NCCL rank per GPU)."""
     cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo",
            "-H", f"localhost:{num_ranks}", sys.executable, script, *map(str, args)]
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
+    if num_ranks > 1:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"

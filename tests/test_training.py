@@ -107,6 +107,8 @@ def _main(*flags, num_ranks=2, timeout=900):
            f"localhost:{num_ranks}", os.path.join(ROOT, "hvd_wrapper.sh"), sys.executable,
            os.path.join(ROOT, "main.py"), *flags]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if num_ranks > 1:  # CPU ranks, as conftest.horovodrun's (one NCCL rank per GPU)
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
