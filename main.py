@@ -65,9 +65,9 @@ flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_syntheti
 flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
 flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
 flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
-flags.DEFINE_string("log_dir", None, "Write TensorBoard scalars (rank 0) here: loss, lr, "
-                    "samples_per_second, loss_scale (--amp) at each log line, auc at each "
-                    "evaluation.")
+flags.DEFINE_string("tensorboard_dir", None, "Write TensorBoard scalars (rank 0) here: loss, "
+                    "lr, samples_per_second, loss_scale (--amp) at each log line, auc at each "
+                    "evaluation. (--log_dir is absl's own flag, for its log files.)")
 flags.DEFINE_string("profile_dir", None, "Write a TensorFlow profiler trace of --profile_steps "
                     "here (rank 0; TensorBoard's Profile tab, or bench/trace_summary.py).")
 flags.DEFINE_string("profile_steps", "20:30", "--profile_dir traces the steps after START up "
@@ -314,8 +314,8 @@ def train():
             profile=((*_step_range(FLAGS.profile_steps), FLAGS.profile_dir)
                      if FLAGS.profile_dir and hvd.rank() == 0 else None),
             log=lambda line: say(line, flush=True),
-            summary_writer=(tf.summary.create_file_writer(FLAGS.log_dir)
-                            if FLAGS.log_dir and hvd.rank() == 0 else None))
+            summary_writer=(tf.summary.create_file_writer(FLAGS.tensorboard_dir)
+                            if FLAGS.tensorboard_dir and hvd.rank() == 0 else None))
     except FloatingPointError as err:
         say(f"main.py: error: {err}", file=sys.stderr)
         return 3
