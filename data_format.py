@@ -145,4 +145,6 @@ def write_json_atomic(path, obj):
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)

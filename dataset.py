@@ -183,9 +183,14 @@ class SplitDataset:
         return _to_device(self.device, *arrays)
 
     def __iter__(self):
+        return self.batches()
+
+    def batches(self, start=0):
+        """One epoch's batches from batch `start` on (a resumed run skips without reading)."""
+        ranges = self._ranges[start:]
         if self.prefetch > 0:
-            return _Prefetcher(self._ranges, self._make_batch, self.prefetch)
-        return map(self._make_batch, self._ranges)
+            return _Prefetcher(ranges, self._make_batch, self.prefetch)
+        return map(self._make_batch, ranges)
 
 
 def _to_device(device, dense, categorical, label):
@@ -226,4 +231,8 @@ class SyntheticDataset:
         return self._num_batches
 
     def __iter__(self):
-        return (self._batches[i % len(self._batches)] for i in range(self._num_batches))
+        return self.batches()
+
+    def batches(self, start=0):
+        """One epoch's batches from batch `start` on."""
+        return (self._batches[i % len(self._batches)] for i in range(start, self._num_batches))

@@ -18,6 +18,8 @@ Start-up order: hvd.init(), then pin the GPU, then create_embedding (the SOK bac
 sok.init() when it is constructed).
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
@@ -51,16 +53,61 @@ def feature_offsets(vocab_sizes):
 _INIT_BLOCKS, _MIN_INIT_BLOCK_BYTES = 64, 1 << 25
 
 
+def _blocks(table):
+    """-> (start, stop) local row ranges of a shard [rows, D] in blocks of 1/64 of it (at
+    least 32 MiB): what one scatter of fill_shard, or one read of save_shard, moves."""
+    local_rows, dim = table.shape
+    block_rows = max(1, _MIN_INIT_BLOCK_BYTES // (4 * dim), -(-local_rows // _INIT_BLOCKS))
+    return [(start, min(start + block_rows, local_rows))
+            for start in range(0, local_rows, block_rows)]
+
+
 def fill_shard(table, initializer, rank, num_ranks, offset=0):
     """Writes initializer's rows into a rank's shard, in place (scatters of blocks, never a
     read or copy of the whole table): local row i of table [rows, D] float32 holds global
     row offset + i * num_ranks + rank."""
-    local_rows, dim = table.shape
-    block_rows = max(1, _MIN_INIT_BLOCK_BYTES // (4 * dim), -(-local_rows // _INIT_BLOCKS))
-    for start in range(0, local_rows, block_rows):
-        local = tf.range(start, min(start + block_rows, local_rows), dtype=tf.int64)
+    for start, stop in _blocks(table):
+        local = tf.range(start, stop, dtype=tf.int64)
         table.scatter_update(tf.IndexedSlices(
             tf.cast(initializer(offset + local * num_ranks + rank), tf.float32), local))
+
+
+def save_shard(table, path):
+    """Writes a shard [rows, D] float32 to path as .npy, block by block (never a second copy of
+    the shard in host memory), and fsyncs it."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": tuple(table.shape)})
+        for start, stop in _blocks(table):
+            f.write(np.ascontiguousarray(table[start:stop].numpy(), "<f4").tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def shard_file_initializer(paths, rows, dim):
+    """The saved shards of a table [rows, D] (paths in rank order, written by save_shard on
+    len(paths) ranks) -> initializer(table rows int64 [n]) -> float32 [n, D] for fill_shard:
+    row k is read from shard k % N at local row k // N, so a checkpoint fills the shards of
+    any number of ranks. The files are memory-mapped: only the rows asked for are read."""
+    num_saved = len(paths)
+    shards = []
+    for rank, path in enumerate(paths):
+        shard = np.load(path, mmap_mode="r")
+        expected = (len(range(rank, rows, num_saved)), dim)
+        if shard.shape != expected or shard.dtype != np.float32:
+            raise ValueError(f"{path}: a shard of {shard.shape} {shard.dtype}, expected "
+                             f"{expected} float32 (rank {rank} of {num_saved}, {rows} rows)")
+        shards.append(shard)
+
+    def initializer(table_rows):
+        table_rows = table_rows.numpy()
+        owners = table_rows % num_saved
+        vectors = np.empty((len(table_rows), dim), np.float32)
+        for owner in np.unique(owners):
+            picked = owners == owner
+            vectors[picked] = shards[owner][table_rows[picked] // num_saved]
+        return tf.constant(vectors)
+    return initializer
 
 
 SOK_API = ("init", "Variable", "lookup_sparse", "SGD", "filter_variables")  # SOK 2.x's
@@ -189,6 +236,20 @@ class TFEmbedding(tf.Module):
     def variables(self):
         return [self.table]
 
+    checkpoint_layout = "tf: one table, global row r on rank r % N"
+
+    def save(self, directory):
+        """Writes this rank's shard to directory/embedding_table.rank{R}.npy (every rank)."""
+        save_shard(self.table, os.path.join(directory, f"embedding_table.rank{hvd.rank()}.npy"))
+
+    def restore(self, directory, saved_num_ranks):
+        """Fills this rank's shard from save's files of saved_num_ranks ranks: any number,
+        the rows are re-sharded by global row."""
+        paths = [os.path.join(directory, f"embedding_table.rank{rank}.npy")
+                 for rank in range(saved_num_ranks)]
+        fill_shard(self.table, shard_file_initializer(paths, sum(self.vocab_sizes), self.dim),
+                   hvd.rank(), self.num_ranks)
+
     def exclude_tables(self, variables):
         tables = {table.ref() for table in self.variables}
         return [v for v in variables if v.ref() not in tables]
@@ -265,9 +326,11 @@ class SOKEmbedding(tf.Module):
                           else list(zip(vocab_sizes, offsets)))
         # SOK allocates the local shard (rows rank, rank + N, ... of the table); zeros first,
         # then filled in blocks like the tf backend's table (no whole-shard temporaries).
+        # Named: sok.dump names its files after the variables (unnamed, all are "Variable").
         self.tables = [self._sok.Variable(shape=[rows, dim], dtype=tf.float32,
-                                          initializer=lambda shape, dtype: tf.zeros(shape, dtype))
-                       for rows, _ in shapes_offsets]
+                                          initializer=lambda shape, dtype: tf.zeros(shape, dtype),
+                                          name=f"sok_table_{i}")
+                       for i, (rows, _) in enumerate(shapes_offsets)]
         for table, (_, offset) in zip(self.tables, shapes_offsets):
             fill_shard(table, initializer, rank, num_ranks, int(offset))
         self._optimizer = self._sok.SGD(lr=1.0)
@@ -275,6 +338,26 @@ class SOKEmbedding(tf.Module):
     @property
     def variables(self):
         return list(self.tables)
+
+    @property
+    def checkpoint_layout(self):
+        return "sok: one fused table" if self.compress else "sok: one table per feature"
+
+    def save(self, directory):
+        """sok.dump of every table into directory (a collective: SOK gathers the shards to
+        rank 0, which writes a key and a weight file per table, named after the variable)."""
+        self._sok.dump(directory, self.tables)
+
+    def restore(self, directory, saved_num_ranks):
+        """sok.load of save's files, on as many ranks as saved them only: SOK 2.1.0's load of
+        a sok.Variable assigns the rows it keeps in the files' order, not by their keys
+        (dump_load.py, load_table_to_filesystem_static), which on another rank count puts
+        rows in the wrong places."""
+        if saved_num_ranks != hvd.size():
+            raise ValueError(f"{directory}: saved by the sok backend on {saved_num_ranks} "
+                             f"ranks; sok.load (SOK 2.1.0) restores only onto as many ranks, "
+                             f"not {hvd.size()} (the tf backend re-shards)")
+        self._sok.load(directory, self.tables)
 
     def exclude_tables(self, variables):
         _, others = self._sok.filter_variables(variables)

@@ -68,6 +68,13 @@ flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSO
 flags.DEFINE_string("tensorboard_dir", None, "Write TensorBoard scalars (rank 0) here: loss, "
                     "lr, samples_per_second, loss_scale (--amp) at each log line, auc at each "
                     "evaluation. (--log_dir is absl's own flag, for its log files.)")
+flags.DEFINE_string("checkpoint_dir", None, "Save checkpoints here (every rank its table shard, "
+                    "rank 0 the dense weights and the run's state): every "
+                    "--checkpoint_every_steps and after the last step. Every rank must see it.")
+flags.DEFINE_integer("checkpoint_every_steps", 0, "Steps between checkpoints (0: only after the "
+                     "last step).")
+flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --checkpoint_dir (on "
+                  "any number of ranks with --embedding=tf); start at step 0 if it has none.")
 flags.DEFINE_string("profile_dir", None, "Write a TensorFlow profiler trace of --profile_steps "
                     "here (rank 0; TensorBoard's Profile tab, or bench/trace_summary.py).")
 flags.DEFINE_string("profile_steps", "20:30", "--profile_dir traces the steps after START up "
@@ -93,6 +100,12 @@ flags.register_validator("log_interval", lambda v: v >= 1, "--log_interval must 
 for _name in ("synthetic_steps", "synthetic_eval_steps"):
     flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1")
 flags.register_validator("prefetch", lambda v: v >= 0, "--prefetch must be >= 0")
+flags.register_validator("checkpoint_every_steps", lambda v: v >= 0,
+                         "--checkpoint_every_steps must be >= 0")
+flags.register_multi_flags_validator(
+    ["checkpoint_dir", "checkpoint_every_steps", "resume"],
+    lambda f: f["checkpoint_dir"] or not (f["resume"] or f["checkpoint_every_steps"]),
+    "--resume and --checkpoint_every_steps need --checkpoint_dir")
 
 
 def _step_range(text):
@@ -214,6 +227,7 @@ def train():
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
+    import checkpoint
     import data_format as fmt
     import dataset
     import embedding
@@ -305,6 +319,16 @@ def train():
     loss_scale = training.DynamicLossScale() if FLAGS.amp else None
     trainer = training.Trainer(model, schedule, FLAGS.global_batch_size, loss_scale=loss_scale,
                                allreduce_fp16=FLAGS.allreduce_fp16, jit_compile=FLAGS.xla)
+    checkpoints = resume_from = None
+    if FLAGS.checkpoint_dir:
+        checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer)
+        resume_from = checkpoints.latest()
+        if resume_from and not FLAGS.resume:
+            raise app.UsageError(f"--checkpoint_dir={FLAGS.checkpoint_dir} holds a checkpoint "
+                                 f"({os.path.basename(resume_from)}), which this run would "
+                                 f"replace: pass --resume to continue it, or another directory")
+        if FLAGS.resume and not resume_from:
+            say(f"--resume: no checkpoint in {FLAGS.checkpoint_dir} yet: starting at step 0")
     try:
         report = training.fit(
             trainer, train_data, eval_data, epochs=FLAGS.epochs,
@@ -315,7 +339,11 @@ def train():
                      if FLAGS.profile_dir and hvd.rank() == 0 else None),
             log=lambda line: say(line, flush=True),
             summary_writer=(tf.summary.create_file_writer(FLAGS.tensorboard_dir)
-                            if FLAGS.tensorboard_dir and hvd.rank() == 0 else None))
+                            if FLAGS.tensorboard_dir and hvd.rank() == 0 else None),
+            checkpoints=checkpoints, checkpoint_every=FLAGS.checkpoint_every_steps,
+            resume_from=resume_from)
+    except checkpoint.CheckpointError as err:  # the same files, the same error on every rank
+        raise app.UsageError(str(err)) from None
     except FloatingPointError as err:
         say(f"main.py: error: {err}", file=sys.stderr)
         return 3

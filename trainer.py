@@ -8,6 +8,7 @@ the dense gradients are summed over ranks, so N ranks compute what one rank woul
 same global batch.
 """
 
+import contextlib
 import math
 import time
 
@@ -115,6 +116,48 @@ class DynamicLossScale:
         self.skipped_steps.assign_add(tf.cast(tf.logical_not(all_finite), tf.int64))
 
 
+class Phases:
+    """NVTX ranges in domain "DLRM" around the training loop's phases on the host, for nsys:
+    input (the next batch), step (launching the train step), log (its host sync), evaluation,
+    checkpoint, restore. Inside the step, TF name scopes (forward/embedding_lookup, backward,
+    allreduce, update) name the ops of each phase. Without a profiler attached an NVTX call
+    is a no-op stub: a range costs about a microsecond (bench/bench_nvtx.py); without the
+    `nvtx` package, Phases does nothing.
+
+        with phases("input"): ...
+    """
+
+    def __init__(self):
+        try:
+            import nvtx
+        except ImportError:
+            nvtx = None
+        self._domain = nvtx.Domain("DLRM") if nvtx is not None else None
+        self._ranges = {}  # name -> its _Range, made once
+
+    def __call__(self, name):
+        found = self._ranges.get(name)
+        if found is None:
+            found = self._ranges[name] = (
+                _Range(self._domain, self._domain.get_event_attributes(message=name))
+                if self._domain is not None else contextlib.nullcontext())
+        return found
+
+
+class _Range:
+    """One phase's NVTX range: a push on enter, a pop on exit (its name registered once)."""
+    __slots__ = ("_push", "_pop", "_attributes")
+
+    def __init__(self, domain, attributes):
+        self._push, self._pop, self._attributes = domain.push_range, domain.pop_range, attributes
+
+    def __enter__(self):
+        self._push(self._attributes)
+
+    def __exit__(self, *error):
+        self._pop()
+
+
 def _all_finite(tensors):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
@@ -163,18 +206,25 @@ class Trainer:
         label float32 [B, 1]. Returns this rank's mean loss (float32 scalar)."""
         dense_vars = self.model.dense_variables
         embedding_vars = self.model.embedding_variables
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, tf.name_scope("forward"):
             logits = self.model(features, training=True)
             losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits)
             objective = tf.reduce_sum(losses) / self.global_batch
             if self.loss_scale is not None:
                 objective = objective * self.loss_scale.scale
-        grads = tape.gradient(objective, dense_vars + embedding_vars)
+        with tf.name_scope("backward"):
+            grads = tape.gradient(objective, dense_vars + embedding_vars)
         dense_grads = grads[:len(dense_vars)]
         if self.num_ranks > 1:
-            dense_grads = hvd.grouped_allreduce(dense_grads, op=hvd.Sum,
-                                                compression=self.compression)
+            with tf.name_scope("allreduce"):
+                dense_grads = hvd.grouped_allreduce(dense_grads, op=hvd.Sum,
+                                                    compression=self.compression)
         embedding_grads = grads[len(dense_vars):]
+        with tf.name_scope("update"):
+            return self._update(dense_vars, dense_grads, embedding_grads, losses)
+
+    def _update(self, dense_vars, dense_grads, embedding_grads, losses):
+        """The step's second half: AMP's skip decision, both SGD updates, the loss checks."""
         lr = self.lr_schedule(self.step)
         rate = lr  # what multiplies the gradients in the update
         if self.loss_scale is not None:
@@ -238,19 +288,37 @@ class Trainer:
 
 def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_interval=None,
         eval_in_last=False, auc_target=None, log_interval=100, profile=None, log=print,
-        summary_writer=None):
-    """Trains for `epochs` over train_dataset (or max_steps), evaluating every eval_interval
-    steps and/or at the end; stops when AUC >= auc_target. Returns the report dict.
-    profile: (start, stop, logdir): a TensorFlow profiler trace of steps start+1 .. stop.
+        summary_writer=None, checkpoints=None, checkpoint_every=0, resume_from=None):
+    """Trains for `epochs` over train_dataset (or up to step max_steps), evaluating every
+    eval_interval steps and/or at the end; stops when AUC >= auc_target. Returns the report.
+    profile: (start, stop, logdir): a TensorFlow profiler trace of this run's steps start+1 ..
+      stop.
     summary_writer: a tf.summary writer (rank 0's) or None: TensorBoard scalars at each log
-    line (loss, lr, samples_per_second, loss_scale under AMP) and each evaluation (auc).
+      line (loss, lr, samples_per_second, loss_scale under AMP) and each evaluation (auc).
+    checkpoints: a checkpoint.Checkpoints or None: saved every checkpoint_every steps (0: not
+      during training) and after the last step. resume_from: the path of one of them: the run
+      goes on from its step as if never interrupted (its batches skipped, not read; its
+      variables and state loaded); step numbers, max_steps and the schedule count from the
+      start of the whole run.
 
-    Training time, ms per iteration and samples/s leave out the first step (tracing and
-    compilation, reported as first_step_seconds) and the evaluations; total time has all."""
+    Training time, ms per iteration and samples/s leave out this process's first step
+    (tracing and compilation, reported as first_step_seconds), the evaluations and the
+    checkpoints; total time has all."""
     global_batch = trainer.global_batch
-    train_seconds = eval_seconds = warmup_seconds = 0.0
-    evaluations, target_step, steps = [], None, 0
+    batches_per_epoch = len(train_dataset)
+    train_seconds = eval_seconds = warmup_seconds = checkpoint_seconds = 0.0
+    evaluations, target_step, steps, epoch, epoch_step = [], None, 0, 0, 0
     run_start = time.perf_counter()
+    phases = Phases()
+    trainer.build_and_broadcast(next(iter(train_dataset.batches()))[0])
+    if resume_from is not None:
+        meta = checkpoints.load_meta(resume_from, batches_per_epoch)
+        with phases("restore"):
+            checkpoints.restore(resume_from, meta)
+        steps, epoch, epoch_step = (meta["position"][k] for k in ("step", "epoch", "epoch_step"))
+        log(f"resumed from {resume_from}: step {steps} (epoch {epoch}, batch {epoch_step}), "
+            f"{int(trainer.step)} updates applied")
+    first_step, saved_step = steps, steps
 
     def scalars(**values):
         if summary_writer is not None:
@@ -262,7 +330,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         nonlocal eval_seconds, target_step
         trainer.check_loss()  # never evaluate non-finite weights
         start = time.perf_counter()
-        auc, num_samples = trainer.evaluate(eval_dataset)
+        with phases("evaluation"):
+            auc, num_samples = trainer.evaluate(eval_dataset)
         auc = auc if math.isfinite(auc) else None  # nan: the test labels hold one class only
         eval_seconds += time.perf_counter() - start
         evaluations.append({"step": steps, "auc": auc})
@@ -275,46 +344,73 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
             target_step = steps
         return target_step is not None
 
-    stop = False
-    for epoch in range(epochs):
+    def save_checkpoint():
+        nonlocal checkpoint_seconds, saved_step
+        trainer.check_loss()  # never save non-finite weights
+        start = time.perf_counter()
+        with phases("checkpoint"):
+            path = checkpoints.save(steps, epoch, epoch_step, batches_per_epoch)
+        checkpoint_seconds += time.perf_counter() - start
+        saved_step = steps
+        log(f"checkpoint of step {steps}: {path} ({time.perf_counter() - start:.1f} s)")
+
+    stop = max_steps is not None and steps >= max_steps
+    if epoch_step == batches_per_epoch:  # saved after an epoch's last batch
+        epoch, epoch_step = epoch + 1, 0
+    while epoch < epochs and not stop:
         segment_start, segment_steps = time.perf_counter(), 0
-        for features, label in train_dataset:
-            if steps == 0:
-                trainer.build_and_broadcast(features)
-            if profile and steps == profile[0]:
+        batches = iter(train_dataset.batches(epoch_step))
+        while True:
+            with phases("input"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            run_steps = steps - first_step  # this process's steps so far
+            if profile and run_steps == profile[0]:
                 tf.profiler.experimental.start(profile[2])
-            loss = trainer.train_step(features, label)
-            steps += 1
-            if profile and steps == profile[1]:
+            with phases("step"):
+                loss = trainer.train_step(*batch)
+            steps, epoch_step, run_steps = steps + 1, epoch_step + 1, run_steps + 1
+            if profile and run_steps == profile[1]:
                 float(loss)  # the traced steps' kernels have run
                 tf.profiler.experimental.stop()
-                log(f"profiler trace of steps {profile[0] + 1}-{profile[1]} in {profile[2]}")
+                log(f"profiler trace of steps {steps - run_steps + profile[0] + 1}-{steps} "
+                    f"in {profile[2]}")
             segment_steps += 1
-            if steps == 1:  # tracing and compilation: timed apart from the training steps
+            if run_steps == 1:  # tracing and compilation: timed apart from the training steps
                 float(loss)
                 warmup_seconds = time.perf_counter() - segment_start
                 segment_start, segment_steps = time.perf_counter(), 0
             last = max_steps is not None and steps >= max_steps
             if steps % log_interval == 0 or last:
-                trainer.check_loss()
-                elapsed = time.perf_counter() - segment_start
-                lr = float(trainer.lr_schedule(trainer.step - 1))
-                samples_per_second = segment_steps * global_batch / max(elapsed, 1e-9)
-                log(f"epoch {epoch} step {steps}: loss {float(loss):.5f} lr {lr:.4f} "
-                    f"{samples_per_second:,.0f} samples/s")
-                scalars(loss=float(loss), lr=lr, samples_per_second=samples_per_second,
-                        **({"loss_scale": float(trainer.loss_scale.scale)}
-                           if trainer.loss_scale else {}))
-            if eval_interval and steps % eval_interval == 0 and eval_dataset is not None:
+                with phases("log"):
+                    trainer.check_loss()
+                    elapsed = time.perf_counter() - segment_start
+                    lr = float(trainer.lr_schedule(trainer.step - 1))
+                    samples_per_second = segment_steps * global_batch / max(elapsed, 1e-9)
+                    log(f"epoch {epoch} step {steps}: loss {float(loss):.5f} lr {lr:.4f} "
+                        f"{samples_per_second:,.0f} samples/s")
+                    scalars(loss=float(loss), lr=lr, samples_per_second=samples_per_second,
+                            **({"loss_scale": float(trainer.loss_scale.scale)}
+                               if trainer.loss_scale else {}))
+            evaluate = eval_interval and steps % eval_interval == 0 and eval_dataset is not None
+            save = checkpoints is not None and checkpoint_every and steps % checkpoint_every == 0
+            if evaluate or save:
                 train_seconds += time.perf_counter() - segment_start
-                stop = run_eval()
+                if evaluate:
+                    stop = run_eval()
+                if save:
+                    save_checkpoint()
                 segment_start, segment_steps = time.perf_counter(), 0
             if stop or last:
+                stop = True
                 break
         trainer.check_loss()
         train_seconds += time.perf_counter() - segment_start
-        if stop or (max_steps is not None and steps >= max_steps):
-            break
+        if not stop:
+            epoch, epoch_step = epoch + 1, 0
+    if checkpoints is not None and saved_step != steps:
+        save_checkpoint()
     if eval_in_last and eval_dataset is not None and (not evaluations
                                                       or evaluations[-1]["step"] != steps):
         run_eval()
@@ -322,16 +418,20 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         summary_writer.flush()
     total_seconds = time.perf_counter() - run_start
     skipped = int(trainer.loss_scale.skipped_steps.numpy()) if trainer.loss_scale else 0
+    run_steps = steps - first_step
     return {
         "num_ranks": hvd.size(),
         "global_batch_size": global_batch,
         "steps": steps,
+        "resumed_from_step": first_step if resume_from is not None else None,
         "training_minutes": train_seconds / 60,
         "evaluating_minutes": eval_seconds / 60,
+        "checkpoint_minutes": checkpoint_seconds / 60,
         "total_minutes": total_seconds / 60,
         "first_step_seconds": warmup_seconds,
-        "ms_per_iteration": 1e3 * train_seconds / max(steps - 1, 1),
-        "samples_per_second": (steps - 1) * global_batch / train_seconds if train_seconds else 0.0,
+        "ms_per_iteration": 1e3 * train_seconds / max(run_steps - 1, 1),
+        "samples_per_second": ((run_steps - 1) * global_batch / train_seconds
+                               if train_seconds else 0.0),
         "auc": evaluations[-1]["auc"] if evaluations else None,
         "auc_target": auc_target,
         "target_reached_at_step": target_step,
@@ -354,5 +454,10 @@ def format_report(report):
         f"AUC {auc} (target {report['auc_target']}, reached at step "
         f"{report['target_reached_at_step']}), skipped steps {report['skipped_steps']}",
     ]
+    if report["resumed_from_step"] is not None:
+        lines.append(f"resumed from step {report['resumed_from_step']}")
+    if report["checkpoint_minutes"]:
+        lines.append(f"checkpoints: {report['checkpoint_minutes']:.3f} min (not in training "
+                     f"time)")
     return "\n".join(lines)
 

@@ -47,6 +47,19 @@ def horovodrun(num_ranks, script, *args, timeout=600):
     return proc
 
 
+def run_main(*flags, num_ranks=2, timeout=900):
+    """main.py with flags on num_ranks Gloo ranks (CPU ranks if more than one, as
+    horovodrun's) -> the CompletedProcess, whatever its exit status."""
+    cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo", "-H",
+           f"localhost:{num_ranks}", os.path.join(ROOT, "hvd_wrapper.sh"), sys.executable,
+           os.path.join(ROOT, "main.py"), *flags]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if num_ranks > 1:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def built_custom_interact():
     """The custom_interact module with its op library built by the Makefile's default: the

@@ -12,15 +12,23 @@ Horovod, for CPU ranks. It keeps SOK's rules, so CI catches a backend that break
   up through an allgather of the keys and an allreduce of the owners' rows, so the gradients
   reach each owner's shard as IndexedSlices.
 - `SGD(lr).apply_gradients(grads_and_vars)`: rows -= lr * grad on the local shard.
+- `dump(path, vars)` / `load(path, vars)`: as SOK 2.1.0's for a sok.Variable (dump_load.py):
+  rank 0 writes each table's keys (local row i of rank r: key i * N + r) and rows, gathered
+  rank after rank, into a file named after the variable; load reads the whole file on every
+  rank, keeps the keys it owns (key % N == rank) and assigns those rows in file order. The
+  stand-in raises where SOK would silently overwrite: two tables with one name.
 
 Calls are recorded (init_calls, lookup_calls, sgd_updates) for the tests to inspect.
 `install()` puts a fresh one into sys.modules["sparse_operation_kit"].
 """
 
+import os
+import re
 import sys
 import types
 
 import horovod.tensorflow as hvd
+import numpy as np
 import tensorflow as tf
 
 SAME_KEYS_RULE = "every rank must bring the same number of keys to a lookup"
@@ -55,12 +63,37 @@ class StandInSOK(types.ModuleType):
         if self.init_calls > 1:
             raise RuntimeError("[SOK INFO] Communication tool cannot be set more than once")
 
-    def Variable(self, shape, initializer, dtype):
+    def Variable(self, shape, initializer, dtype, name=None):
         rows, dim = shape
         local_rows = len(range(hvd.rank(), rows, hvd.size()))
-        table = tf.Variable(initializer(shape=(local_rows, dim), dtype=dtype))
+        table = tf.Variable(initializer(shape=(local_rows, dim), dtype=dtype), name=name)
         self.tables.append(table)
         return table
+
+    @staticmethod
+    def _table_file(path, table):
+        return os.path.join(path, re.sub(r"[^A-Za-z0-9_]", "_", table.name) + ".npz")
+
+    def dump(self, path, tables):
+        names = [self._table_file(path, table) for table in tables]
+        if len(set(names)) != len(names):
+            raise RuntimeError(f"SOK stand-in: tables with one name overwrite each other's "
+                               f"files in sok.dump: {[t.name for t in tables]}")
+        os.makedirs(path, exist_ok=True)
+        rank, num_ranks = hvd.rank(), hvd.size()
+        for table, name in zip(tables, names):
+            keys = tf.range(table.shape[0], dtype=tf.int64) * num_ranks + rank
+            all_keys, all_rows = hvd.allgather(keys), hvd.allgather(tf.convert_to_tensor(table))
+            if rank == 0:
+                np.savez(name, keys=all_keys.numpy(), rows=all_rows.numpy())
+        hvd.allreduce(tf.constant(0), name="sok_stand_in_dump_done")
+
+    def load(self, path, tables):
+        rank, num_ranks = hvd.rank(), hvd.size()
+        for table in tables:
+            saved = np.load(self._table_file(path, table))
+            table.assign(saved["rows"][saved["keys"] % num_ranks == rank])
+        hvd.allreduce(tf.constant(0), name="sok_stand_in_load_done")
 
     def lookup_sparse(self, params, sp_ids, combiners):
         """params: shards; sp_ids: ragged int64 [B, 1] each -> [B, D] each."""

@@ -2,16 +2,21 @@
 
 import glob
 import os
+import shutil
+import subprocess
+import sys
 
 import horovod.tensorflow as hvd
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import ROOT
 import embedding
 import trainer as training
 
 hvd.init()
+CUDA_INCLUDE = "/usr/local/cuda/include"  # nvtx3/ headers
 
 
 def test_lr_schedule_by_hand():
@@ -83,6 +88,13 @@ def _batch(dense_value=1.0):
     dense = tf.fill([4, 3], dense_value)
     ids = tf.constant([[0, 1], [2, 3], [4, 5], [1, 1]], tf.int32)
     return (dense, ids), tf.constant([[1.0], [0.0], [1.0], [0.0]])
+
+
+class _Batches(list):
+    """A list of batches with the datasets' batches(start)."""
+
+    def batches(self, start=0):
+        return iter(self[start:])
 
 
 def _snapshot(model):
@@ -204,7 +216,7 @@ def test_fit_writes_the_logged_scalars_for_tensorboard(tmp_path):
     scale = training.DynamicLossScale(initial_scale=256.0, growth_interval=1000)
     trainer = training.Trainer(model, lambda step: tf.constant(0.05), global_batch=4,
                                loss_scale=scale)
-    batches = [_batch(value) for value in (1.0, 0.5, -1.0, 2.0)]
+    batches = _Batches(_batch(value) for value in (1.0, 0.5, -1.0, 2.0))
     lines = []
     training.fit(trainer, batches, [_batch(0.3)], max_steps=4, log_interval=2,
                  eval_in_last=True, log=lines.append,
@@ -223,3 +235,52 @@ def test_fit_writes_the_logged_scalars_for_tensorboard(tmp_path):
     scores = tf.sigmoid(model((dense, ids))).numpy()[:, 0]
     assert found["auc"] == {4: pytest.approx(_auc_by_hand(label.numpy()[:, 0], scores),
                                              abs=1e-6)}
+
+
+@pytest.fixture(scope="module")
+def nvtx_recorder(tmp_path_factory):
+    """bench/nvtx_recorder.c built against CUDA's NVTX headers (on every machine of this
+    project's kinds): an NVTX tool that writes each range push and pop to $NVTX_RECORD."""
+    library = str(tmp_path_factory.mktemp("nvtx") / "nvtx_recorder.so")
+    proc = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{CUDA_INCLUDE}", "-o", library,
+                           os.path.join(ROOT, "bench", "nvtx_recorder.c")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"building the NVTX recorder failed:\n{proc.stderr}"
+    return library
+
+
+def test_nvtx_ranges_mark_the_loops_phases(nvtx_recorder, tmp_path):
+    """main.py under an NVTX tool: one "step" and one "input" range per step (and the input
+    that ends the epoch), "log" per log line, "evaluation", "checkpoint", all in domain DLRM,
+    balanced and never nested in each other; without the tool, nothing is recorded."""
+    record = tmp_path / "ranges.txt"
+    flags = ["--use_synthetic_dataset", "--vocab_sizes=criteo_tb_scaled", "--embedding=tf",
+             "--global_batch_size=128", "--embedding_dim=8", "--bottom_mlp=16,8",
+             "--top_mlp=16,1", "--synthetic_steps=6", "--synthetic_eval_steps=2",
+             "--log_interval=3", "--eval_in_last", f"--checkpoint_dir={tmp_path / 'ck'}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", NVTX_RECORD=str(record))
+    for tool in (None, nvtx_recorder):
+        if tool:
+            env["NVTX_INJECTION64_PATH"] = tool
+            shutil.rmtree(tmp_path / "ck")
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *flags], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert record.exists() == bool(tool)
+    events = [line.split(" ", 2) for line in record.read_text().splitlines()]
+    ours = [event for event in events if event[1] == "DLRM"]
+    stack, opened = [], []
+    for event in ours:
+        if event[0] == "push":
+            assert not stack, f"{event[2]} inside {stack}"  # the phases follow each other
+            stack.append(event[2])
+            opened.append(event[2])
+        else:
+            assert event == ["pop", "DLRM"] and stack, event
+            stack.pop()
+    assert not stack
+    assert {name: opened.count(name) for name in set(opened)} == {
+        "input": 7, "step": 6, "log": 2, "evaluation": 1, "checkpoint": 1}
+    # In order: the 6 steps, each after its input; the epoch's end; checkpoint; evaluation.
+    assert opened[:3] == ["input", "step", "input"]
+    assert opened[-3:] == ["input", "checkpoint", "evaluation"]

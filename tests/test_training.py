@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc
+from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc, run_main
 import embedding
 import split_bin
 import synthetic_data
@@ -102,17 +102,6 @@ def test_amp_skips_a_step_on_every_rank_when_one_rank_overflows(tmp_path):
         assert np.isfinite(got["after_good"]).all()
 
 
-def _main(*flags, num_ranks=2, timeout=900):
-    cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo", "-H",
-           f"localhost:{num_ranks}", os.path.join(ROOT, "hvd_wrapper.sh"), sys.executable,
-           os.path.join(ROOT, "main.py"), *flags]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    if num_ranks > 1:  # CPU ranks, as conftest.horovodrun's (one NCCL rank per GPU)
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def test_learns_the_synthetic_signal_on_2_ranks(tmp_path):
     """Two epochs of 2M synthetic samples reach within 0.03 of the best AUC the data allows
     (measured: 0.822 against 0.839)."""
@@ -122,7 +111,7 @@ def test_learns_the_synthetic_signal_on_2_ranks(tmp_path):
         split_bin.split(str(tmp_path / "raw" / f"{name}_data.bin"), str(tmp_path / name),
                         info["vocab_sizes"], progress_stream=None)
     results = tmp_path / "report.json"
-    proc = _main(f"--data_dir={tmp_path}", "--global_batch_size=4096", "--epochs=2", "--lr=2",
+    proc = run_main(f"--data_dir={tmp_path}", "--global_batch_size=4096", "--epochs=2", "--lr=2",
                  "--embedding_dim=16", "--bottom_mlp=64,16", "--top_mlp=64,32,1",
                  "--warmup_steps=50", "--decay_start_step=900", "--decay_steps=564",
                  "--eval_interval=0", "--eval_in_last", "--auc_target=1.0",
@@ -137,7 +126,7 @@ def test_learns_the_synthetic_signal_on_2_ranks(tmp_path):
                                      ["--custom_interact", "--amp"]])
 def test_ci_smoke_synthetic_dataset(tmp_path, options, built_custom_interact):
     results = tmp_path / "report.json"
-    proc = _main(*options, "--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512",
+    proc = run_main(*options, "--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512",
                  "--vocab_sizes=criteo_tb_scaled", "--embedding_dim=16",
                  "--bottom_mlp=64,16", "--top_mlp=64,32,1", "--log_interval=10",
                  "--eval_in_last", "--embedding=auto", f"--results_json={results}")
@@ -196,9 +185,11 @@ SCALED = "--vocab_sizes=criteo_tb_scaled"
      "--profile_steps must be START:STOP with 1 <= START < STOP"),
     (["--use_synthetic_dataset", "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
     (["--use_synthetic_dataset", "stray"], "unexpected arguments ['stray']"),
+    (["--use_synthetic_dataset", "--resume"],
+     "--resume and --checkpoint_every_steps need --checkpoint_dir"),
 ])
 def test_bad_flags_give_one_line_from_rank_0(flags, message):
-    proc = _main(*flags)
+    proc = run_main(*flags)
     assert proc.returncode != 0
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "main.py: error:" in line]
     assert len(ours) == 1 and ours[0].startswith("[0]<stderr>:main.py: error: "), ours
@@ -236,7 +227,7 @@ def test_start_says_how_the_schedule_fits_the_run():
     """At batch 512 MLPerf's step counts scale by 55296 / 512 = 108: 2750 -> 297,000 warmup
     steps, 49315 -> 5,326,020, 27772 -> 2,999,376, eval interval 3793 -> 409,644. A 20-step run
     trains at lr <= 24 * 20 / 297000 and never evaluates; both are said at start."""
-    proc = _main("--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512", SCALED,
+    proc = run_main("--use_synthetic_dataset", "--early_stop=20", "--global_batch_size=512", SCALED,
                  "--embedding_dim=16", "--bottom_mlp=64,16", "--top_mlp=64,32,1",
                  "--log_interval=10", "--embedding=auto")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -259,7 +250,7 @@ def test_an_id_outside_its_vocabulary_stops_training_with_one_line(tmp_path):
     ids = np.memmap(tmp_path / "train" / "category_5.bin", np.int16, "r+")  # vocab 1000
     ids[1300] = 1000  # batch 2 (samples 1024-1535), rank 1's half (1280-1535)
     ids.flush()
-    proc = _main(f"--data_dir={tmp_path}", "--global_batch_size=512", "--embedding_dim=16",
+    proc = run_main(f"--data_dir={tmp_path}", "--global_batch_size=512", "--embedding_dim=16",
                  "--bottom_mlp=64,16", "--top_mlp=64,32,1", "--eval_in_last")
     assert proc.returncode != 0
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "main.py: error:" in line]
