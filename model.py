@@ -139,8 +139,11 @@ class DLRM(tf.keras.Model):
 
     def call(self, inputs, training=False):
         dense, categorical = inputs
-        features = self._features(dense, self.embedding(categorical))  # [B, 1 + F, D]
-        return self._top(self._interaction(features))                   # [B, 1]
+        with tf.name_scope("embedding_lookup"):  # the lookup with its exchange
+            vectors = self.embedding(categorical)                        # [B, F, D]
+        with tf.name_scope("dense"):
+            features = self._features(dense, vectors)                    # [B, 1 + F, D]
+            return self._top(self._interaction(features))               # [B, 1]
 
     @property
     def embedding_variables(self):

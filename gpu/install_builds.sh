@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, after bash .gpu/boot.sh: installs the builds carried in .gpu/ into the
 # pack's venv and checks them: Horovod with NCCL (gpu/build_horovod_nccl.sh) over the pack's
-# Gloo-only one, and SOK 2.1.0 (gpu/build_sok.sh). The pack's venv has no pip: a wheel is
+# Gloo-only one, SOK 2.1.0 (gpu/build_sok.sh), and nvtx's wheel from PyPI
+# (pip download nvtx==0.2.13 --no-deps -d .gpu). The pack's venv has no pip: a wheel is
 # unpacked into site-packages (both are plain wheels: packages, no scripts). SOK's libraries
 # need libcurand.so.10 (CUDA 13's cuRAND) and libnccl.so.2 at load time (the first found on
 # this machine is linked into /opt/dlrm-gpu/libs, on env.sh's LD_LIBRARY_PATH), and the
@@ -18,7 +19,11 @@ install_wheel() {  # wheel package: replaces site-packages/package and its dist-
   python -m zipfile -e "$1" "$site"
 }
 shopt -s nullglob
-horovod=(.gpu/horovod-0.28.1-*.whl) sok=(.gpu/merlin_sok-2.1.0-*.whl)
+horovod=(.gpu/horovod-0.28.1-*.whl) sok=(.gpu/merlin_sok-2.1.0-*.whl) nvtx=(.gpu/nvtx-*.whl)
+if [ ${#nvtx[@]} -gt 0 ]; then  # NVIDIA's NVTX bindings (trainer.Phases), from PyPI
+  install_wheel "${nvtx[0]}" nvtx
+  python -c "import nvtx; print('nvtx', nvtx.__version__ if hasattr(nvtx, '__version__') else '')"
+fi
 [ ${#horovod[@]} -gt 0 ] || [ ${#sok[@]} -gt 0 ] || {
   echo "install_builds.sh: neither .gpu/horovod-0.28.1-*.whl nor .gpu/merlin_sok-2.1.0-*.whl is here"; exit 1; }
 if [ ${#horovod[@]} -gt 0 ]; then
