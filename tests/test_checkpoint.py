@@ -111,11 +111,13 @@ def test_resume_in_process_equals_the_uninterrupted_run_with_amp(data_dir, tmp_p
                           resume_from=saved)
     assert report["steps"] == 9 and report["resumed_from_step"] == 6
     assert sorted(_losses(resumed_lines)) == [7, 8, 9]
-    for step, loss in _losses(resumed_lines).items():
-        assert loss == _losses(whole_lines)[step], step
-    # Same process, same kernels: exact but for the tolerance of a named float32 ulp or so.
+    for step, loss in _losses(resumed_lines).items():  # printed with 5 decimals
+        assert loss == pytest.approx(_losses(whole_lines)[step], abs=2e-5), step
+    # Same process, same kernels: bit-identical on the CPU; on a GPU, kernels that add with
+    # atomics sum in a varying order, and fp16 rounds the differences up (seen on the H200:
+    # single weights off by up to 2.5e-6). A wrong data position or schedule step is ~1e-2.
     for got, expected in zip(_state(resumed), _state(whole)):
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert int(resumed.step) == int(whole.step) == 9
     for name in ("scale", "finite_steps", "skipped_steps"):
         assert getattr(resumed.loss_scale, name).numpy() == getattr(whole.loss_scale, name).numpy()
@@ -262,3 +264,42 @@ def test_sok_backend_saves_through_sok_dump_and_restores_through_sok_load(tmp_pa
         with pytest.raises(ValueError, match="saved by the sok backend on 2 ranks; sok.load"):
             restored.restore(directory, 2)
         assert sok.init_calls == 1
+
+
+def _sok_dump(checkpoint_dir):
+    """sok.dump's files -> {table: rows in key order}. SOK 2.1.0's layout (dump_load.py): a
+    296-byte header, then the keys (int64) or the rows (float32) gathered from the ranks."""
+    tables = os.path.join(checkpoint_dir, "tables")
+    found = {}
+    for name in sorted(os.listdir(tables)):
+        if name.endswith("-key"):
+            keys = np.fromfile(os.path.join(tables, name), np.int64, offset=296)
+            rows = np.fromfile(os.path.join(tables, name[:-4] + "-weight"), np.float32,
+                               offset=296).reshape(len(keys), DIM)
+            assert np.array_equal(np.sort(keys), np.arange(len(keys))), name
+            found[name[:-4]] = rows[np.argsort(keys)]
+    return found
+
+
+if embedding.resolve_backend("auto")[0] == "sok":  # SOK 2.x imports: the GPU machine
+    def test_real_sok_resumes_through_sok_dump_and_load(data_dir, tmp_path):
+        """The real SOK, one rank: 8 steps against 5 + sok.dump + sok.load + 3, per table."""
+        _run(data_dir, tmp_path / "whole", 8, 1, "--embedding=sok")
+        _run(data_dir, tmp_path / "part", 5, 1, "--embedding=sok")
+        (name_at_5,) = os.listdir(tmp_path / "part")
+        at_5 = _sok_dump(os.path.join(tmp_path / "part", name_at_5))
+        log = _run(data_dir, tmp_path / "part", 8, 1, "--embedding=sok", "--resume")
+        assert "step 5 (epoch 0, batch 5)" in log
+        (name,) = os.listdir(tmp_path / "whole")
+        assert os.listdir(tmp_path / "part") == [name] == ["ckpt-00000008"]
+        whole = _sok_dump(os.path.join(tmp_path / "whole", name))
+        resumed = _sok_dump(os.path.join(tmp_path / "part", name))
+        assert sorted(whole) == sorted(resumed) == sorted(f"sok_table_{i}_0" for i in range(26))
+        assert [len(whole[f"sok_table_{i}_0"]) for i in range(26)] == VOCAB
+        for table, rows in whole.items():
+            np.testing.assert_allclose(resumed[table], rows, rtol=0, atol=1e-6, err_msg=table)
+        assert max(np.abs(whole[t] - at_5[t]).max() for t in whole) > 1e-3  # steps 6-8 moved
+        dense = [np.load(os.path.join(tmp_path / run, name, "dense.npz")) for run in
+                 ("whole", "part")]
+        for key in dense[0].files:
+            np.testing.assert_allclose(dense[1][key], dense[0][key], rtol=0, atol=1e-6)
