@@ -240,10 +240,13 @@ def test_checkpoints_another_run_cannot_continue_are_refused(data_dir, tmp_path)
     assert os.listdir(tmp_path) == ["ckpt-00000001"]
 
 
-def test_sok_backend_saves_through_sok_dump_and_restores_through_sok_load(tmp_path):
+def test_sok_backend_saves_through_sok_dump_and_restores_through_sok_load(tmp_path,
+                                                                          monkeypatch):
     """On SOK's rules (the stand-in: files named after the variables, load assigning in file
     order): the 26 named tables round-trip; another rank count is refused."""
     import sok_stand_in
+    # The stand-in goes into sys.modules: put back what was there (nothing, on CPU) after.
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", None)
     for compress in (False, True):
         sok = sok_stand_in.install()
         full = np.random.default_rng(2).standard_normal((sum(VOCAB), DIM)).astype(np.float32)
