@@ -121,7 +121,7 @@ class Phases:
     input (the next batch), step (launching the train step), log (its host sync), evaluation,
     checkpoint, restore. Inside the step, TF name scopes (forward/embedding_lookup, backward,
     allreduce, update) name the ops of each phase. Without a profiler attached an NVTX call
-    is a no-op stub: a range costs about a microsecond (bench/bench_nvtx.py); without the
+    is a no-op stub: a range costs ~0.3 us (bench/bench_nvtx.py); without the
     `nvtx` package, Phases does nothing.
 
         with phases("input"): ...
