@@ -12,6 +12,8 @@
 
 Atomic: a checkpoint is written under ckpt-XXXXXXXX.partial/ and renamed by rank 0 once every
 rank has written its part and meta.json (last) is in; only then are older checkpoints removed.
+Each stage ends with the ranks agreeing that all of it succeeded: an I/O error on one rank (a
+full disk) stops every rank with a CheckpointError instead of leaving the others waiting.
 A save killed at any point leaves the previous checkpoint the latest: .partial directories are
 never read, and the next save removes them. Every rank must see DIR (on several hosts, a
 shared filesystem): each writes its shard there, and a resume on another number of ranks reads
@@ -37,8 +39,24 @@ class CheckpointError(ValueError):
     """A checkpoint this run cannot continue; the message names the file, field and values."""
 
 
-def _barrier(name):
-    hvd.allreduce(tf.constant(0.0), name=f"checkpoint_{name}")
+def _together(what, work):
+    """Runs work() on this rank, then every rank learns whether all succeeded (one allreduce,
+    so no rank waits on one that failed) -> work's result. If any rank failed, CheckpointError
+    on every rank: the failing rank's own message there, a pointer to it on the others."""
+    error = None
+    try:
+        result = work()
+    except Exception as caught:  # an I/O error, a bad file: not a kill (KeyboardInterrupt)
+        error, result = caught, None
+    failed = int(hvd.allreduce(tf.constant(0 if error is None else 1, tf.int32), op=hvd.Sum,
+                               name="checkpoint_" + what.replace(" ", "_")))
+    if isinstance(error, CheckpointError):
+        raise error
+    if error is not None:
+        raise CheckpointError(f"{what}: {error}") from error
+    if failed:
+        raise CheckpointError(f"{what}: failed on {failed} other rank(s), which say why")
+    return result
 
 
 def _fsync_directory(path):
@@ -73,8 +91,9 @@ class Checkpoints:
         return os.path.join(self.directory, f"ckpt-{max(steps):08d}") if steps else None
 
     def load_meta(self, path, batches_per_epoch):
-        """-> path's meta.json (its "position": step, epoch, epoch_step); CheckpointError naming the
-        file, the field and both values where this run cannot continue it."""
+        """-> path's meta.json (its "position": step, epoch, epoch_step; "progress": fit's);
+        CheckpointError naming the file, the field and both values where this run cannot
+        continue it."""
         meta_path = os.path.join(path, "meta.json")
         try:
             with open(meta_path) as f:
@@ -84,6 +103,9 @@ class Checkpoints:
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}, "
                              f"this program reads {FORMAT_VERSION}")
+        for field in ("num_ranks", "position", "trainer", "progress", "dense_shapes"):
+            if field not in meta:
+                raise CheckpointError(f"{meta_path}: no {field}")
         for field, value in self._must_match(batches_per_epoch).items():
             if meta.get(field) != value:
                 raise CheckpointError(f"{meta_path}: {field} is {meta.get(field)!r}, this run has "
@@ -93,18 +115,25 @@ class Checkpoints:
     def restore(self, path, meta):
         """Loads path's dense variables, trainer state and tables (meta: load_meta's; the model
         built). A collective: every rank calls it."""
+        _together(f"restoring {path}", lambda: self._restore(path, meta))
+
+    def _restore(self, path, meta):
         trainer = self.trainer
         variables = trainer.model.dense_variables
         shapes = [list(v.shape) for v in variables]
         if meta["dense_shapes"] != shapes:
             raise CheckpointError(f"{os.path.join(path, 'meta.json')}: dense_shapes "
-                             f"{meta['dense_shapes']}, this model has {shapes}")
+                                  f"{meta['dense_shapes']}, this model has {shapes}")
+        dense_path = os.path.join(path, "dense.npz")
         try:
-            dense = np.load(os.path.join(path, "dense.npz"))
+            dense = np.load(dense_path)
             values = [dense[f"dense_{i}"] for i in range(len(variables))]
-        except (OSError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{os.path.join(path, 'dense.npz')}: unreadable ({error})") \
-                from None
+        except Exception as error:  # missing, truncated (not a zip), a variable absent
+            raise CheckpointError(f"{dense_path}: unreadable ({error!r})") from None
+        for i, (variable, value) in enumerate(zip(variables, values)):
+            if list(value.shape) != shapes[i]:
+                raise CheckpointError(f"{dense_path}: dense_{i} is {list(value.shape)}, this "
+                                      f"model's is {shapes[i]}")
         for variable, value in zip(variables, values):
             variable.assign(value)
         state = meta["trainer"]
@@ -114,28 +143,35 @@ class Checkpoints:
             trainer.loss_scale.scale.assign(state["loss_scale"]["scale"])
             trainer.loss_scale.finite_steps.assign(state["loss_scale"]["finite_steps"])
             trainer.loss_scale.skipped_steps.assign(state["loss_scale"]["skipped_steps"])
-        try:
-            trainer.model.embedding.restore(os.path.join(path, "tables"), meta["num_ranks"])
-        except (OSError, ValueError) as error:  # a missing or mis-shaped shard; sok's rule
-            raise CheckpointError(str(error)) from None
-        _barrier("restored")
+        # A missing or mis-shaped shard names its file; sok's rank-count rule says why.
+        trainer.model.embedding.restore(os.path.join(path, "tables"), meta["num_ranks"])
 
-    def save(self, step, epoch, epoch_step, batches_per_epoch):
-        """Writes the checkpoint of `step` (a collective: every rank calls it); -> its path."""
+    def save(self, step, epoch, epoch_step, batches_per_epoch, progress):
+        """Writes the checkpoint of `step` (a collective: every rank calls it); -> its path.
+        progress: JSON values of the loop's own to keep (evaluations so far, ...)."""
         trainer, rank = self.trainer, hvd.rank()
         final = os.path.join(self.directory, f"ckpt-{step:08d}")
         partial = final + ".partial"
-        if rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)  # a killed save of the same step
-            os.makedirs(os.path.join(partial, "tables"))
-        _barrier("started")
-        trainer.model.embedding.save(os.path.join(partial, "tables"))
-        if rank == 0:
-            variables = trainer.model.dense_variables
-            with open(os.path.join(partial, "dense.npz"), "wb") as f:
-                np.savez(f, **{f"dense_{i}": v.numpy() for i, v in enumerate(variables)})
-                f.flush()
-                os.fsync(f.fileno())
+        tables = os.path.join(partial, "tables")
+
+        def start():
+            if rank == 0:
+                shutil.rmtree(partial, ignore_errors=True)  # a killed save of the same step
+                os.makedirs(tables)
+
+        def write():
+            trainer.model.embedding.save(tables)
+            if rank == 0:
+                with open(os.path.join(partial, "dense.npz"), "wb") as f:
+                    np.savez(f, **{f"dense_{i}": v.numpy()
+                                   for i, v in enumerate(trainer.model.dense_variables)})
+                    f.flush()
+                    os.fsync(f.fileno())
+            _fsync_directory(tables)
+
+        def commit():
+            if rank != 0:
+                return
             loss_scale = trainer.loss_scale
             meta = dict(
                 format_version=FORMAT_VERSION, num_ranks=hvd.size(),
@@ -147,10 +183,9 @@ class Checkpoints:
                              "scale": float(loss_scale.scale.numpy()),
                              "finite_steps": int(loss_scale.finite_steps.numpy()),
                              "skipped_steps": int(loss_scale.skipped_steps.numpy())}},
-                dense_shapes=[list(v.shape) for v in variables],
+                progress=progress,
+                dense_shapes=[list(v.shape) for v in trainer.model.dense_variables],
                 **self._must_match(batches_per_epoch))
-        _barrier("written")  # every rank's shard is on disk
-        if rank == 0:
             fmt.write_json_atomic(os.path.join(partial, "meta.json"), meta)
             _fsync_directory(partial)
             os.rename(partial, final)
@@ -159,5 +194,8 @@ class Checkpoints:
                 path = os.path.join(self.directory, name)
                 if name.startswith("ckpt-") and path != final:
                     shutil.rmtree(path, ignore_errors=True)
-        _barrier("committed")
+
+        _together(f"starting checkpoint {partial}", start)
+        _together(f"writing checkpoint {partial}", write)  # every rank's part is on disk
+        _together(f"committing checkpoint {final}", commit)
         return final

@@ -322,7 +322,7 @@ def train():
     checkpoints = resume_from = None
     if FLAGS.checkpoint_dir:
         checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer)
-        resume_from = checkpoints.latest()
+        resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0)  # rank 0 decides
         if resume_from and not FLAGS.resume:
             raise app.UsageError(f"--checkpoint_dir={FLAGS.checkpoint_dir} holds a checkpoint "
                                  f"({os.path.basename(resume_from)}), which this run would "

@@ -297,9 +297,9 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
       line (loss, lr, samples_per_second, loss_scale under AMP) and each evaluation (auc).
     checkpoints: a checkpoint.Checkpoints or None: saved every checkpoint_every steps (0: not
       during training) and after the last step. resume_from: the path of one of them: the run
-      goes on from its step as if never interrupted (its batches skipped, not read; its
-      variables and state loaded); step numbers, max_steps and the schedule count from the
-      start of the whole run.
+      goes on from its step as if never interrupted (its batches skipped unread, its variables,
+      state and evaluations loaded; a run that had met auc_target stops at once); step numbers,
+      max_steps and the schedule count from the start of the whole run.
 
     Training time, ms per iteration and samples/s leave out this process's first step
     (tracing and compilation, reported as first_step_seconds), the evaluations and the
@@ -316,6 +316,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         with phases("restore"):
             checkpoints.restore(resume_from, meta)
         steps, epoch, epoch_step = (meta["position"][k] for k in ("step", "epoch", "epoch_step"))
+        evaluations = meta["progress"]["evaluations"]
+        target_step = meta["progress"]["target_step"]
         log(f"resumed from {resume_from}: step {steps} (epoch {epoch}, batch {epoch_step}), "
             f"{int(trainer.step)} updates applied")
     first_step, saved_step = steps, steps
@@ -349,12 +351,14 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         trainer.check_loss()  # never save non-finite weights
         start = time.perf_counter()
         with phases("checkpoint"):
-            path = checkpoints.save(steps, epoch, epoch_step, batches_per_epoch)
+            path = checkpoints.save(steps, epoch, epoch_step, batches_per_epoch,
+                                    {"evaluations": evaluations, "target_step": target_step})
         checkpoint_seconds += time.perf_counter() - start
         saved_step = steps
         log(f"checkpoint of step {steps}: {path} ({time.perf_counter() - start:.1f} s)")
 
-    stop = max_steps is not None and steps >= max_steps
+    stop = (max_steps is not None and steps >= max_steps) or target_step is not None
+    profiling = False
     if epoch_step == batches_per_epoch:  # saved after an epoch's last batch
         epoch, epoch_step = epoch + 1, 0
     while epoch < epochs and not stop:
@@ -368,13 +372,15 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
             run_steps = steps - first_step  # this process's steps so far
             if profile and run_steps == profile[0]:
                 tf.profiler.experimental.start(profile[2])
+                profiling = True
             with phases("step"):
                 loss = trainer.train_step(*batch)
             steps, epoch_step, run_steps = steps + 1, epoch_step + 1, run_steps + 1
-            if profile and run_steps == profile[1]:
+            if profiling and run_steps == profile[1]:
                 float(loss)  # the traced steps' kernels have run
                 tf.profiler.experimental.stop()
-                log(f"profiler trace of steps {steps - run_steps + profile[0] + 1}-{steps} "
+                profiling = False
+                log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} "
                     f"in {profile[2]}")
             segment_steps += 1
             if run_steps == 1:  # tracing and compilation: timed apart from the training steps
@@ -409,6 +415,11 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         train_seconds += time.perf_counter() - segment_start
         if not stop:
             epoch, epoch_step = epoch + 1, 0
+    if profiling:  # the run ended inside the traced steps
+        float(loss)
+        tf.profiler.experimental.stop()
+        log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} (the run ended "
+            f"before step {first_step + profile[1]}) in {profile[2]}")
     if checkpoints is not None and saved_step != steps:
         save_checkpoint()
     if eval_in_last and eval_dataset is not None and (not evaluations

@@ -126,6 +126,26 @@ def test_resume_in_process_equals_the_uninterrupted_run_with_amp(data_dir, tmp_p
     assert os.listdir(tmp_path / "ck") == ["ckpt-00000009"]
 
 
+def test_resumed_run_that_met_its_auc_target_stops_at_once(data_dir, tmp_path):
+    """The evaluations and the step the target was met travel in the checkpoint."""
+    train = dataset.SplitDataset(os.path.join(data_dir, "train"), GLOBAL_BATCH, prefetch=0)
+    test = dataset.SplitDataset(os.path.join(data_dir, "test"), GLOBAL_BATCH, training=False,
+                                prefetch=0)
+    first = _trainer(seed=0, amp=False)
+    first_report = training.fit(first, train, test, max_steps=9, eval_interval=2,
+                                auc_target=0.01, log=lambda line: None,
+                                checkpoints=checkpoint.Checkpoints(str(tmp_path), first))
+    assert first_report["steps"] == 2 and first_report["target_reached_at_step"] == 2
+    resumed = _trainer(seed=1, amp=False)
+    lines = []
+    report = training.fit(resumed, train, test, max_steps=9, eval_interval=2, auc_target=0.01,
+                          checkpoints=checkpoint.Checkpoints(str(tmp_path), resumed),
+                          resume_from=str(tmp_path / "ckpt-00000002"), log=lines.append)
+    assert report["steps"] == 2 and report["target_reached_at_step"] == 2
+    assert report["evaluations"] == first_report["evaluations"] and report["auc"] is not None
+    assert not any(line.startswith("epoch") for line in lines)  # no step trained
+
+
 def _table(checkpoint_dir, rows):
     """A checkpoint's tf shards reassembled by hand: global row g is shard g % N, row g // N."""
     paths = sorted(os.listdir(os.path.join(checkpoint_dir, "tables")))
@@ -201,13 +221,23 @@ def test_killed_save_leaves_the_last_good_checkpoint(data_dir, tmp_path, monkeyp
     def dies_halfway(directory):
         open(os.path.join(directory, "embedding_table.rank0.npy"), "wb").write(b"\x93NUMPY")
         raise KeyboardInterrupt  # as a kill: nothing after this line of the save runs
+    progress = {"evaluations": [], "target_step": None}
     monkeypatch.setattr(trainer.model.embedding, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.save(3, 0, 3, BATCHES_PER_EPOCH)
+        checkpoints.save(3, 0, 3, BATCHES_PER_EPOCH, progress)
     assert sorted(os.listdir(tmp_path)) == ["ckpt-00000002", "ckpt-00000003.partial"]
     assert checkpoints.latest() == good  # the partial save is never read
+
+    def disk_full(directory):
+        raise OSError(28, "No space left on device", directory)
+    monkeypatch.setattr(trainer.model.embedding, "save", disk_full)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"writing checkpoint .*ckpt-00000003.partial: \[Errno 28\] No "
+                             r"space left on device"):
+        checkpoints.save(3, 0, 3, BATCHES_PER_EPOCH, progress)
+    assert checkpoints.latest() == good
     monkeypatch.undo()
-    checkpoints.save(3, 0, 3, BATCHES_PER_EPOCH)
+    checkpoints.save(3, 0, 3, BATCHES_PER_EPOCH, progress)
     assert sorted(os.listdir(tmp_path)) == ["ckpt-00000003"]  # and the next save removes it
 
 
@@ -227,6 +257,11 @@ def test_checkpoints_another_run_cannot_continue_are_refused(data_dir, tmp_path)
         checkpoint.Checkpoints(str(tmp_path), other).load_meta(path, BATCHES_PER_EPOCH)
     os.remove(os.path.join(path, "tables", "embedding_table.rank0.npy"))
     with pytest.raises(checkpoint.CheckpointError, match="embedding_table.rank0.npy"):
+        checkpoints.restore(path, checkpoints.load_meta(path, BATCHES_PER_EPOCH))
+    dense = os.path.join(path, "dense.npz")
+    with open(dense, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"{dense}: unreadable")):
         checkpoints.restore(path, checkpoints.load_meta(path, BATCHES_PER_EPOCH))
     # main.py: one line; a directory holding a checkpoint is not overwritten without --resume.
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), f"--data_dir={data_dir}",
