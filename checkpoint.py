@@ -39,9 +39,9 @@ class CheckpointError(ValueError):
     """A checkpoint this run cannot continue; the message names the file, field and values."""
 
 
-def _together(what, work):
-    """Runs work() on this rank, then every rank learns whether all succeeded (one allreduce,
-    so no rank waits on one that failed) -> work's result. If any rank failed, CheckpointError
+def _together(stage, what, work):
+    """Runs work() on this rank, then every rank learns whether all succeeded (one allreduce
+    named after `stage`, so no rank waits on one that failed) -> work's result. If any rank failed, CheckpointError
     on every rank: the failing rank's own message there, a pointer to it on the others."""
     error = None
     try:
@@ -49,7 +49,7 @@ def _together(what, work):
     except Exception as caught:  # an I/O error, a bad file: not a kill (KeyboardInterrupt)
         error, result = caught, None
     failed = int(hvd.allreduce(tf.constant(0 if error is None else 1, tf.int32), op=hvd.Sum,
-                               name="checkpoint_" + what.replace(" ", "_")))
+                               name=f"checkpoint_{stage}"))
     if isinstance(error, CheckpointError):
         raise error
     if error is not None:
@@ -99,23 +99,24 @@ class Checkpoints:
             with open(meta_path) as f:
                 meta = json.load(f)
         except (OSError, ValueError) as error:
-            raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({error})") from None
+            raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({error})") \
+                from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}, "
-                             f"this program reads {FORMAT_VERSION}")
+                                  f"this program reads {FORMAT_VERSION}")
         for field in ("num_ranks", "position", "trainer", "progress", "dense_shapes"):
             if field not in meta:
                 raise CheckpointError(f"{meta_path}: no {field}")
         for field, value in self._must_match(batches_per_epoch).items():
             if meta.get(field) != value:
-                raise CheckpointError(f"{meta_path}: {field} is {meta.get(field)!r}, this run has "
-                                 f"{value!r}: it cannot continue that checkpoint")
+                raise CheckpointError(f"{meta_path}: {field} is {meta.get(field)!r}, this run "
+                                      f"has {value!r}: it cannot continue that checkpoint")
         return meta
 
     def restore(self, path, meta):
         """Loads path's dense variables, trainer state and tables (meta: load_meta's; the model
         built). A collective: every rank calls it."""
-        _together(f"restoring {path}", lambda: self._restore(path, meta))
+        _together("restore", f"restoring {path}", lambda: self._restore(path, meta))
 
     def _restore(self, path, meta):
         trainer = self.trainer
@@ -195,7 +196,7 @@ class Checkpoints:
                 if name.startswith("ckpt-") and path != final:
                     shutil.rmtree(path, ignore_errors=True)
 
-        _together(f"starting checkpoint {partial}", start)
-        _together(f"writing checkpoint {partial}", write)  # every rank's part is on disk
-        _together(f"committing checkpoint {final}", commit)
+        _together("start", f"starting checkpoint {partial}", start)
+        _together("write", f"writing checkpoint {partial}", write)  # every rank's part on disk
+        _together("commit", f"committing checkpoint {final}", commit)
         return final

@@ -408,8 +408,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
                 if save:
                     save_checkpoint()
                 segment_start, segment_steps = time.perf_counter(), 0
-            if stop or last:
-                stop = True
+            stop = stop or last
+            if stop:
                 break
         trainer.check_loss()
         train_seconds += time.perf_counter() - segment_start

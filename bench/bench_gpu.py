@@ -97,7 +97,8 @@ def run_configs(out_dir, steps, names, embedding="tf", vocab_sizes="criteo_tb", 
         rows.append(row)
         print(f"{name}: {row['ms_per_iteration']:.2f} ms/iter "
               f"{row['samples_per_second'] / 1e6:.2f}M samples/s, first step "
-              f"{row['first_step_seconds']:.1f} s, peak {_gib(row['peak_gpu_gib'])} GiB", flush=True)
+              f"{row['first_step_seconds']:.1f} s, peak {_gib(row['peak_gpu_gib'])} GiB",
+              flush=True)
     table = ["| configuration | ms/iter | M samples/s | first step s | table init s | "
              "peak GiB at start | peak GiB |", "|---|---|---|---|---|---|---|"]
     for row in rows:
