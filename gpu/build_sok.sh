@@ -2,6 +2,7 @@
 # SOK 2.1.0 (merlin-sok, from its source distribution) for the GPU environment of
 # ../shared/gpu/, built on the CPU machine (no GPU needed) against that environment's
 # TensorFlow 2.15.1 (/opt/dlrm-gpu/venv, made by ../shared/gpu/pack.sh), for sm_80 and sm_90.
+# Applies gpu/sok_patches/ (SOK's race with TF 2.15's streams, fixed).
 # Writes .gpu/merlin_sok-2.1.0-*.whl; on the GPU machine: bash gpu/install_builds.sh.
 #
 #   bash gpu/build_sok.sh                   about 17.5 minutes on 2 cores
@@ -82,6 +83,13 @@ sed -i 's/cudaMemPrefetchAsync(m_hashtbl_values, m_hashtbl_size \* sizeof(value_
   kit_src/variable/impl/dynamic_embedding_table/cudf/concurrent_unordered_map.cuh
 grep -q "cudaMemLocation{cudaMemLocationTypeDevice, dev_id}" \
   kit_src/variable/impl/dynamic_embedding_table/cudf/concurrent_unordered_map.cuh
+# The DLRM patches (gpu/sok_patches/, each file says what it fixes and why): SOK's copies
+# ordered on TensorFlow's stream and no device-wide waits in a step, without which SOK 2.1.0
+# aborts at full scale on TF 2.15 (BENCHMARKS.md "SOK at full speed on one H200").
+for p in "$top"/gpu/sok_patches/*.patch; do
+  patch -p1 --forward --quiet < "$p" || { echo "build_sok.sh: $p does not apply"; exit 1; }
+done
+grep -q "DLRM_PATCHES" sparse_operation_kit/_version.py
 export PATH=$cuda/bin:$mpi/bin:$work/tools/bin:/opt/dlrm-gpu/venv/bin:$PATH
 export PYTHONPATH=$work/tools CUDA_HOME=$cuda CUDAToolkit_ROOT=$cuda NCCL_DIR=$nccl \
   MPI_HOME=$mpi OPAL_PREFIX=$mpi SOK_COMPILE_GPU_SM="80;90" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
