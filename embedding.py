@@ -145,6 +145,22 @@ def _import_sok():
     return sok
 
 
+SOK_PATCHES = "gpu/sok_patches/ (applied by gpu/build_sok.sh)"
+
+
+def unpatched_sok_warning(sok, on_gpu):
+    """-> None, or a one-line warning when sok (the module) is a SOK 2.1.0 build without this
+    project's patches running on a GPU: as released, its host-device copies race with TF 2.15's
+    streams ("an illegal memory access" at full scale). A patched build lists them in
+    sparse_operation_kit._version.DLRM_PATCHES (gpu/sok_patches/04-mark-patched-build.patch)."""
+    if not on_gpu or getattr(getattr(sok, "_version", None), "DLRM_PATCHES", None):
+        return None
+    version = str(getattr(sok, "__version__", "unknown"))
+    return (f"warning: SOK {version} without the patches of {SOK_PATCHES}: as released it "
+            f"races with TensorFlow 2.15's streams and aborts ('an illegal memory access') or "
+            f"stalls at full scale; rebuild it with gpu/build_sok.sh")
+
+
 def _init_sok(sok):
     """sok.init(), once per process: SOK 2.x raises when its communication tool is set twice
     ("Communication tool cannot be set more than once"), e.g. for a second table set."""
@@ -334,6 +350,11 @@ class SOKEmbedding(tf.Module):
         for table, (_, offset) in zip(self.tables, shapes_offsets):
             fill_shard(table, initializer, rank, num_ranks, int(offset))
         self._optimizer = self._sok.SGD(lr=1.0)
+
+    @property
+    def sok(self):
+        """The sparse_operation_kit module in use."""
+        return self._sok
 
     @property
     def variables(self):

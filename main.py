@@ -296,10 +296,10 @@ def train():
         f"{'' if startup_peak_gib is None else f' (GPU peak {startup_peak_gib:.1f} GiB)'}, "
         f"compress {FLAGS.compress}, amp {FLAGS.amp}, xla {FLAGS.xla}, "
         f"interaction {'custom op' if FLAGS.custom_interact else 'tf'}")
-    if tables.name == "sok" and os.environ.get("CUDA_LAUNCH_BLOCKING") != "1":
-        say("warning: on an H200, SOK 2.1.0 training aborted ('an illegal memory access') or "
-            "stalled at batch 65536 unless CUDA_LAUNCH_BLOCKING=1 was set "
-            "(BENCHMARKS.md, \"SOK and NCCL Horovod on one H200\")")
+    if tables.name == "sok":
+        warning = embedding.unpatched_sok_warning(tables.sok, on_gpu=input_device is not None)
+        if warning:
+            say(warning)
 
     try:
         schedule = training.LearningRateSchedule.for_global_batch(

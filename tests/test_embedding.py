@@ -244,6 +244,30 @@ def test_sok_1x_is_refused_with_the_version_found(monkeypatch):
     assert embedding.resolve_backend("auto") == ("sok", "auto: SOK 2.1.0 imports")
 
 
+def test_an_unpatched_sok_is_named_on_a_gpu_only():
+    released = types.ModuleType("sparse_operation_kit")
+    released.__version__ = "2.1.0"
+    released._version = types.ModuleType("sparse_operation_kit._version")
+    warning = embedding.unpatched_sok_warning(released, on_gpu=True)
+    assert warning.startswith("warning: SOK 2.1.0 without the patches of gpu/sok_patches/")
+    assert "an illegal memory access" in warning and "gpu/build_sok.sh" in warning
+    assert embedding.unpatched_sok_warning(released, on_gpu=False) is None
+    released._version.DLRM_PATCHES = ("stream-ordered-copies",)
+    assert embedding.unpatched_sok_warning(released, on_gpu=True) is None
+
+
+def test_the_build_marks_every_patch_it_applies():
+    """gpu/sok_patches/04 writes DLRM_PATCHES into the build: it names each other patch file."""
+    import re
+    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gpu", "sok_patches")
+    names = sorted(os.listdir(folder))
+    assert names[-1] == "04-mark-patched-build.patch" and len(names) == 4
+    with open(os.path.join(folder, names[-1])) as f:
+        marked = re.search(r"^\+DLRM_PATCHES = \((.*)\)$", f.read(), re.M).group(1)
+    assert [name.strip(' "') for name in marked.split(",")] == \
+        [re.sub(r"^\d\d-|\.patch$", "", name) for name in names[:-1]]
+
+
 def test_startup_builds_the_table_in_place():
     """Filling the table never reads or copies all of it: the peak host memory of building a
     1 GiB table stays within 1.25x the table (a whole-table read or copy would make it 2x)."""
