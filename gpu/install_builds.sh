@@ -39,5 +39,5 @@ if [ ${#sok[@]} -gt 0 ]; then
     ln -sf "$found" "$libs/$lib"; echo "install_builds.sh: $lib -> $found"
   done
   install_wheel "${sok[0]}" sparse_operation_kit
-  python -c "import sparse_operation_kit as sok; print('SOK', sok.__version__, 'at', sok.__file__)" 2>&1 | grep -v "^\[SOK INFO\]"
+  python -c "import sparse_operation_kit as sok; print('SOK', sok.__version__, 'at', sok.__file__, 'patches:', getattr(sok._version, 'DLRM_PATCHES', 'none (gpu/build_sok.sh applies gpu/sok_patches/)'))" 2>&1 | grep -v "^\[SOK INFO\]"
 fi
