@@ -9,11 +9,18 @@ Split format (output of split_bin.py, input of dataset.py), one directory per fi
   category_<i>.bin   int8/16/32/64 [N]  narrowest signed type holding vocab_sizes[i]
   metadata.json      format_version, num_samples, vocab_sizes, files (name -> dtype, shape),
                      dense_transform, source (name, size_bytes)
+
+Also the one home of how this project writes files: atomically (write_json_atomic), after a
+check at start that the place takes a file (check_writable_directory, check_writable_file),
+and with the leftovers of killed writers removed on the next run (remove_dead_leftovers).
 """
 
 import json
 import math
 import os
+import re
+import shutil
+import sys
 
 import numpy as np
 
@@ -173,11 +180,73 @@ def read_metadata(directory):
 
 
 def write_json_atomic(path, obj):
-    """Writes obj as JSON to path through a temporary name in the same directory."""
+    """Writes obj as JSON to path through a temporary name (path.tmp-PID) in the same
+    directory; a failed write removes its temporary and raises."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def check_writable_directory(directory):
+    """Creates directory if missing and checks that it takes a new file (one made and removed
+    at once); raises OSError naming the path where not."""
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write-test.tmp-{os.getpid()}")
+    with open(probe, "w"):
+        pass
+    os.remove(probe)
+
+
+def check_writable_file(path):
+    """Checks that write_json_atomic(path, ...) can succeed: path is not a directory and its
+    directory exists and takes a new file. Raises OSError naming the path where not."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "Is a directory", path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(20, "Not a directory", directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(2, "No such directory", directory)
+    check_writable_directory(directory)
+
+
+def process_exists(pid):
+    """Whether a process of that PID runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_dead_leftovers(directory, pattern, tool, stream=sys.stderr):
+    """Removes the entries of `directory` (files or directories) whose names fullmatch the
+    regex `pattern`, its group 1 the PID of the process that made them, where that process no
+    longer runs (killed outright, it could not clean up); says so on stream ("TOOL: removed
+    PATH, left by process PID that no longer runs"). -> the removed paths."""
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        match = re.fullmatch(pattern, entry)
+        path = os.path.join(directory, entry)
+        if match is None or process_exists(int(match.group(1))):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(path)
+        if stream is not None:
+            stream.write(f"{tool}: removed {path}, left by process {match.group(1)} that no "
+                         f"longer runs\n")
+    return removed
