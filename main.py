@@ -64,7 +64,8 @@ flags.DEFINE_integer("synthetic_steps", 1000, "Steps per epoch of --use_syntheti
 flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_synthetic_dataset.")
 flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
 flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
-flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
+flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file (its "
+                    "directory must exist; checked at start, a failure at the end warns).")
 flags.DEFINE_string("tensorboard_dir", None, "Write TensorBoard scalars (rank 0) here: loss, "
                     "lr, samples_per_second, loss_scale (--amp) at each log line, auc at each "
                     "evaluation. (--log_dir is absl's own flag, for its log files.)")
@@ -217,6 +218,48 @@ def _int_list(name, values):
                              f"got {','.join(values)!r}") from None
 
 
+def _open_outputs(tf, fmt):
+    """Rank 0's outputs, checked before any work: --results_json's directory takes a file,
+    --checkpoint_dir, --tensorboard_dir and --profile_dir are made and take one, the
+    TensorBoard writer opens.
+    -> (one line naming the first flag that fails, or None; the summary writer or None)."""
+    checks = [("results_json", fmt.check_writable_file),
+              ("checkpoint_dir", fmt.check_writable_directory),
+              ("tensorboard_dir", fmt.check_writable_directory),
+              ("profile_dir", fmt.check_writable_directory)]
+    for name, check in checks:
+        if FLAGS[name].value:
+            try:
+                check(FLAGS[name].value)
+            except OSError as err:
+                return f"--{name}={FLAGS[name].value}: cannot write there ({err})", None
+    if not FLAGS.tensorboard_dir:
+        return None, None
+    try:
+        return None, tf.summary.create_file_writer(FLAGS.tensorboard_dir)
+    except (OSError, tf.errors.OpError) as err:
+        return f"--tensorboard_dir={FLAGS.tensorboard_dir}: cannot write there ({err})", None
+
+
+def _claim_outputs(tf, hvd, fmt):
+    """Before any work: rank 0's outputs checked (_open_outputs; every rank learns the
+    verdict). -> rank 0's summary writer or None. Raises app.UsageError."""
+    problem, writer = _open_outputs(tf, fmt) if hvd.rank() == 0 else (None, None)
+    problem = hvd.broadcast_object(problem, root_rank=0, name="output_check")
+    if problem:
+        raise app.UsageError(problem)
+    return writer
+
+
+def _write_results(fmt, path, report, say):
+    """--results_json (rank 0) at the end: a failure warns; the run and its checkpoint stand."""
+    try:
+        fmt.write_json_atomic(path, report)
+    except OSError as err:
+        say(f"main.py: warning: --results_json={path} not written ({err}); the report is above",
+            file=sys.stderr)
+
+
 def train():
     """The job: data, model, schedule, fit, report. Raises app.UsageError for bad input."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines off, warnings on
@@ -243,6 +286,7 @@ def train():
     batch = FLAGS.global_batch_size // world
     say = print if hvd.rank() == 0 else (lambda *a, **k: None)
     say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
+    summary_writer = _claim_outputs(tf, hvd, fmt)
 
     if FLAGS.use_synthetic_dataset:
         try:
@@ -338,8 +382,7 @@ def train():
             profile=((*_step_range(FLAGS.profile_steps), FLAGS.profile_dir)
                      if FLAGS.profile_dir and hvd.rank() == 0 else None),
             log=lambda line: say(line, flush=True),
-            summary_writer=(tf.summary.create_file_writer(FLAGS.tensorboard_dir)
-                            if FLAGS.tensorboard_dir and hvd.rank() == 0 else None),
+            summary_writer=summary_writer,
             checkpoints=checkpoints, checkpoint_every=FLAGS.checkpoint_every_steps,
             resume_from=resume_from)
     except checkpoint.CheckpointError as err:  # the same files, the same error on every rank
@@ -355,7 +398,7 @@ def train():
                   peak_gpu_gib=_peak_gpu_gib(tf, input_device))
     say(training.format_report(report), flush=True)
     if FLAGS.results_json and hvd.rank() == 0:
-        fmt.write_json_atomic(FLAGS.results_json, report)
+        _write_results(fmt, FLAGS.results_json, report, say)
     return 0
 
 

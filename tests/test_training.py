@@ -5,13 +5,14 @@ imports (the GPU machine), the real SOK trains as the tf backend on one rank."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc, run_main
+from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc, run_main, run_main_alone
 import embedding
 import split_bin
 import synthetic_data
@@ -170,6 +171,13 @@ def test_hvd_wrapper_pins_the_local_rank():
 SCALED = "--vocab_sizes=criteo_tb_scaled"
 
 
+def _rank_tracebacks(proc):
+    """The lines of a horovodrun run's ranks (not the launcher's own) that belong to a Python
+    traceback or Horovod's shutdown error."""
+    return [line for line in proc.stderr.splitlines() if re.match(r"\[\d+\]<std", line) and
+            ("Traceback" in line or "Horovod has been shut down" in line)]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--use_synthetic_dataset", "--global_batch_size=513", SCALED],
      "--global_batch_size=513 does not divide by the number of ranks (2)"),  # 2 ranks only
@@ -204,6 +212,60 @@ def test_bad_flags_give_one_line_from_rank_0(flags, message):
     assert alone.returncode == 2, alone.stdout
     last = alone.stdout.strip().splitlines()[-1]
     assert last == ours[0][len("[0]<stderr>:"):], alone.stdout
+
+
+@pytest.mark.parametrize("flag, path, problem", [
+    ("results_json", "file.txt/r.json", "[Errno 20] Not a directory: '{tmp}/file.txt'"),
+    ("results_json", "nonexistent/r.json", "[Errno 2] No such directory: '{tmp}/nonexistent'"),
+    ("results_json", "existing_dir", "[Errno 21] Is a directory: '{tmp}/existing_dir'"),
+    ("checkpoint_dir", "file.txt/ck", "[Errno 20] Not a directory: '{tmp}/file.txt/ck'"),
+    ("tensorboard_dir", "file.txt/tb", "[Errno 20] Not a directory: '{tmp}/file.txt/tb'"),
+    ("profile_dir", "file.txt/prof", "[Errno 20] Not a directory: '{tmp}/file.txt/prof'"),
+])
+def test_an_unwritable_output_stops_main_at_start_with_one_line(tmp_path, flag, path, problem):
+    """Paths that fail for root too. Each used to cost the run: the results JSON failed after
+    the report (leaving <dir>.tmp-PID beside a directory), a checkpoint directory at the first
+    save, a TensorBoard directory in a traceback."""
+    (tmp_path / "file.txt").write_text("mine")
+    (tmp_path / "existing_dir").mkdir()
+    value = tmp_path / path
+    proc = run_main_alone("--use_synthetic_dataset", SCALED, "--early_stop=2",
+                          "--global_batch_size=64", "--embedding_dim=8", "--bottom_mlp=16,8",
+                          "--top_mlp=16,1", f"--{flag}={value}")
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"main.py: error: --{flag}={value}: cannot write there "
+        f"({problem.format(tmp=tmp_path)})")
+    assert "embedding backend" not in proc.stdout  # before any work
+    assert sorted(os.listdir(tmp_path)) == ["existing_dir", "file.txt"]
+    assert os.listdir(tmp_path / "existing_dir") == []
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+def test_an_unwritable_output_on_2_ranks_is_one_line_from_rank_0(tmp_path):
+    proc = run_main("--use_synthetic_dataset", SCALED, "--early_stop=2",
+                    "--global_batch_size=64", "--embedding_dim=8", "--bottom_mlp=16,8",
+                    "--top_mlp=16,1", f"--results_json={tmp_path}")
+    assert proc.returncode != 0
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "main.py:" in line]
+    assert ours == [
+        f"[0]<stderr>:main.py: error: --results_json={tmp_path}: cannot write there ([Errno 21] "
+        f"Is a directory: '{tmp_path}')"], proc.stdout + proc.stderr
+    assert not _rank_tracebacks(proc)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_results_json_failing_at_the_end_warns_and_the_run_stands(monkeypatch, capsys):
+    import main
+    import data_format as fmt
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device", path)
+    monkeypatch.setattr(fmt, "write_json_atomic", disk_full)
+    main._write_results(fmt, "/data/r.json", {"steps": 1}, print)
+    assert capsys.readouterr().err == (
+        "main.py: warning: --results_json=/data/r.json not written ([Errno 28] No space left "
+        "on device: '/data/r.json'); the report is above\n")
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
