@@ -224,7 +224,7 @@ def _open_outputs(tf, fmt):
     TensorBoard writer opens.
     -> (one line naming the first flag that fails, or None; the summary writer or None)."""
     checks = [("results_json", fmt.check_writable_file),
-              ("checkpoint_dir", fmt.check_writable_directory),
+              ("checkpoint_dir", fmt.check_writable_directory),  # then every rank's, locked
               ("tensorboard_dir", fmt.check_writable_directory),
               ("profile_dir", fmt.check_writable_directory)]
     for name, check in checks:
@@ -241,13 +241,19 @@ def _open_outputs(tf, fmt):
         return f"--tensorboard_dir={FLAGS.tensorboard_dir}: cannot write there ({err})", None
 
 
-def _claim_outputs(tf, hvd, fmt):
-    """Before any work: rank 0's outputs checked (_open_outputs; every rank learns the
-    verdict). -> rank 0's summary writer or None. Raises app.UsageError."""
+def _claim_outputs(tf, hvd, fmt, checkpoint, say):
+    """Before any work: rank 0's outputs checked (_open_outputs; every rank learns the verdict)
+    and --checkpoint_dir locked for this run (checkpoint.lock_directory, every rank's view).
+    -> rank 0's summary writer or None. Raises app.UsageError."""
     problem, writer = _open_outputs(tf, fmt) if hvd.rank() == 0 else (None, None)
     problem = hvd.broadcast_object(problem, root_rank=0, name="output_check")
     if problem:
         raise app.UsageError(problem)
+    if FLAGS.checkpoint_dir:
+        try:
+            checkpoint.lock_directory(FLAGS.checkpoint_dir, log=say)
+        except checkpoint.CheckpointError as err:  # it names the directory
+            raise app.UsageError(str(err)) from None
     return writer
 
 
@@ -286,7 +292,7 @@ def train():
     batch = FLAGS.global_batch_size // world
     say = print if hvd.rank() == 0 else (lambda *a, **k: None)
     say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
-    summary_writer = _claim_outputs(tf, hvd, fmt)
+    summary_writer = _claim_outputs(tf, hvd, fmt, checkpoint, say)
 
     if FLAGS.use_synthetic_dataset:
         try:
@@ -365,8 +371,9 @@ def train():
                                allreduce_fp16=FLAGS.allreduce_fp16, jit_compile=FLAGS.xla)
     checkpoints = resume_from = None
     if FLAGS.checkpoint_dir:
-        checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer)
-        resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0)  # rank 0 decides
+        checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer)  # locked above
+        resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0,  # rank 0 decides
+                                           name="resume_from")
         if resume_from and not FLAGS.resume:
             raise app.UsageError(f"--checkpoint_dir={FLAGS.checkpoint_dir} holds a checkpoint "
                                  f"({os.path.basename(resume_from)}), which this run would "
