@@ -2,9 +2,12 @@
 one rank with AMP; through main.py on 2 ranks, and re-sharded 2 -> 1 and 1 -> 2), a killed
 save leaves the last good checkpoint and a failed one nothing, bad checkpoints (another run's,
 a corrupted position, damaged or non-finite files) are refused with the file and field before
-anything is deleted, one run at a time holds a directory, and the sok backend goes through
-sok.dump / sok.load (SOK's rules: tests/sok_stand_in.py)."""
+anything is deleted, one run at a time holds a directory, TensorBoard or the profiler
+failing mid-run ends nothing, and the sok backend goes through sok.dump / sok.load (SOK's rules:
+tests/sok_stand_in.py)."""
 
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -482,6 +485,55 @@ def test_damaged_or_nonfinite_checkpoint_files_are_refused(data_dir, saved_at_4,
                              dense_bytes=original["dense.npz"]["bytes"]).replace(
         "NEW", str(new)).replace("OLD", original[name]["sha256"])
     _resume_must_fail(data_dir, str(tmp_path / "ck"), path, message)
+
+
+class _WriterFailingAt:
+    """A TensorBoard writer whose `fail_at`-th write raises ENOSPC, as a disk filling up."""
+
+    def __init__(self, real, fail_at):
+        self.real, self.fail_at, self.writes = real, fail_at, 0
+
+    def as_default(self):
+        self.writes += 1
+        if self.writes >= self.fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device", "events.out.tfevents")
+        return self.real.as_default()
+
+    def flush(self):
+        self.real.flush()
+
+
+def test_telemetry_failing_mid_run_warns_once_and_the_run_and_its_checkpoint_go_on(
+        data_dir, tmp_path):
+    """TensorBoard's disk fills up at the third write; the profiler's trace (steps 2-3) cannot
+    be written (its directory lies under a regular file): each warns once, nothing else."""
+    trainer = _trainer(seed=0, amp=False)
+    train = dataset.SplitDataset(os.path.join(data_dir, "train"), GLOBAL_BATCH, prefetch=0)
+    writer = _WriterFailingAt(tf.summary.create_file_writer(str(tmp_path / "tb")), fail_at=3)
+    (tmp_path / "file.txt").write_text("x")
+    lines = []
+    report = training.fit(trainer, train, None, max_steps=5, log_interval=1, log=lines.append,
+                          summary_writer=writer, profile=(1, 3, str(tmp_path / "file.txt" / "p")),
+                          checkpoints=checkpoint.Checkpoints(str(tmp_path / "ck"), trainer))
+    assert report["steps"] == 5 and int(trainer.step) == 5
+    assert writer.writes == 3  # nothing more tried after the failure
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == [f"warning: the profiler failed ({tmp_path / 'file.txt'} is not a "
+                        f"directory); it writes no more, training goes on",  # after step 3
+                        "warning: TensorBoard failed ([Errno 28] No space left on device: "
+                        "'events.out.tfevents'); it writes no more, training goes on"]
+    assert not any(line.startswith("profiler trace") for line in lines)
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch")] == [
+        f"epoch 0 step {step}" for step in range(1, 6)]
+    written = set()
+    for path in glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            written |= {(value.tag, event.step) for value in event.summary.value}
+    assert {step for tag, step in written if tag == "loss"} == {1, 2}
+    ckpt = str(tmp_path / "ck" / "ckpt-00000005")
+    assert checkpoint.Checkpoints(str(tmp_path / "ck"), trainer).load_meta(
+        ckpt, BATCHES_PER_EPOCH)["position"]["step"] == 5
+    checkpoint.unlock_directory(str(tmp_path / "ck"))
 
 
 def _wait_for_checkpoint(directory, process, log_path, timeout=300):
