@@ -195,6 +195,28 @@ def _rank_tracebacks(proc):
     (["--use_synthetic_dataset", "stray"], "unexpected arguments ['stray']"),
     (["--use_synthetic_dataset", "--resume"],
      "--resume and --checkpoint_every_steps need --checkpoint_dir"),
+    # Each of these ended in a traceback (IndexError, ZeroDivisionError, "math domain error",
+    # OverflowError) or silently ignored --data_dir.
+    (["--use_synthetic_dataset", "--bottom_mlp="],
+     "--bottom_mlp must be a comma-separated list of integers >= 1"),
+    (["--use_synthetic_dataset", "--bottom_mlp=0,8"],
+     "flag --bottom_mlp=['0', '8']: --bottom_mlp must be a comma-separated list of integers "
+     ">= 1"),
+    (["--use_synthetic_dataset", "--bottom_mlp=-3,8"],
+     "flag --bottom_mlp=['-3', '8']: --bottom_mlp must be a comma-separated list of integers"),
+    (["--use_synthetic_dataset", "--top_mlp=16,x,1"],
+     "flag --top_mlp=['16', 'x', '1']: --top_mlp must be a comma-separated list of integers"),
+    (["--use_synthetic_dataset", "--vocab_sizes=99999999999999999999"],
+     "--vocab_sizes: expected 26 entries (one per categorical feature), got 1"),
+    (["--use_synthetic_dataset", "--vocab_sizes=" + "10," * 25 + "99999999999999999999"],
+     "--vocab_sizes[25] is 99999999999999999999, expected an integer in [1, 2147483648] (ids "
+     "are read as int32)"),
+    (["--use_synthetic_dataset", "--seed=99999999999999999999"],
+     "--seed must be within +-2**62"),
+    (["--use_synthetic_dataset", "--data_dir=/tmp"],
+     "--data_dir and --use_synthetic_dataset exclude each other (synthetic batches read no "
+     "files): give one"),
+    (["--data_dir=/tmp", SCALED], "--vocab_sizes is for --use_synthetic_dataset"),
 ])
 def test_bad_flags_give_one_line_from_rank_0(flags, message):
     proc = run_main(*flags)
@@ -302,6 +324,32 @@ def test_start_says_how_the_schedule_fits_the_run():
     # --embedding=auto without SOK: one plain line, which backend and why.
     assert "embedding backend tf (auto: SOK is not installed)" in out
     assert "RuntimeError" not in out + proc.stderr and "failed" not in out + proc.stderr
+
+
+@pytest.mark.parametrize("case", ["25 vocabularies in both", "train and test disagree"])
+def test_bad_metadata_stops_main_at_start_with_one_line(tmp_path, case):
+    """25 vocabulary sizes in train/ and test/ alike used to train on 25 features, exit 0."""
+    synthetic_data.generate(str(tmp_path / "raw"), 300, 100, VOCAB, seed=1, progress_stream=None)
+    for name in ["train", "test"]:
+        split_bin.split(str(tmp_path / "raw" / f"{name}_data.bin"), str(tmp_path / name), VOCAB,
+                        progress_stream=None)
+    for name in (["train", "test"] if case.startswith("25") else ["test"]):
+        path = tmp_path / name / "metadata.json"
+        meta = json.load(open(path))
+        if case.startswith("25"):
+            meta["vocab_sizes"].pop()
+        else:
+            meta["vocab_sizes"][3] = 3  # VOCAB[3] is 2: the same int8 file fits either
+        json.dump(meta, open(path, "w"))
+    proc = run_main_alone(f"--data_dir={tmp_path}", "--global_batch_size=64",
+                          "--embedding_dim=8", "--bottom_mlp=16,8", "--top_mlp=16,1")
+    assert proc.returncode == 2, proc.stdout
+    expected = (f"{tmp_path / 'train' / 'metadata.json'}: vocab_sizes: expected 26 entries (one "
+                f"per categorical feature), got 25" if case.startswith("25") else
+                f"{tmp_path}: train/ and test/ metadata.json disagree on vocab_sizes[3]: 2 in "
+                f"train, 3 in test")
+    assert proc.stdout.strip().splitlines()[-1] == f"main.py: error: {expected}"
+    assert "embedding backend" not in proc.stdout
 
 
 def test_an_id_outside_its_vocabulary_stops_training_with_one_line(tmp_path):
