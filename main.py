@@ -441,6 +441,10 @@ def train():
     return 0
 
 
+# Horovod's error in a collective once another rank has ended (horovod/common/operations.cc).
+_ANOTHER_RANK_ENDED = "Horovod has been shut down"
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
@@ -448,6 +452,10 @@ def main(argv):
         return train()
     except app.UsageError as err:
         _fail(str(err))
+    except Exception as err:
+        if _ANOTHER_RANK_ENDED in str(err):  # that rank said why: no traceback of ours after it
+            sys.exit(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -366,3 +366,6 @@ def test_an_id_outside_its_vocabulary_stops_training_with_one_line(tmp_path):
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "main.py: error:" in line]
     assert ours == [f"[1]<stderr>:main.py: error: {tmp_path / 'train' / 'category_5.bin'}: "
                     f"sample 1300: categorical feature 5 is 1000, outside [0, 1000)"], ours
+    # Rank 0, waiting in the step's exchange for rank 1, says nothing (it used to print a long
+    # TF traceback of "Horovod has been shut down").
+    assert not _rank_tracebacks(proc), proc.stderr
