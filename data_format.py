@@ -9,11 +9,18 @@ Split format (output of split_bin.py, input of dataset.py), one directory per fi
   category_<i>.bin   int8/16/32/64 [N]  narrowest signed type holding vocab_sizes[i]
   metadata.json      format_version, num_samples, vocab_sizes, files (name -> dtype, shape),
                      dense_transform, source (name, size_bytes)
+
+Also the one home of how this project writes files: atomically (write_json_atomic), after a
+check at start that the place takes a file (check_writable_directory, check_writable_file),
+and with the leftovers of killed writers removed on the next run (remove_dead_leftovers).
 """
 
 import json
 import math
 import os
+import re
+import shutil
+import sys
 
 import numpy as np
 
@@ -22,6 +29,8 @@ NUM_CATEGORICAL = 26
 RAW_INTS_PER_SAMPLE = 1 + NUM_DENSE + NUM_CATEGORICAL
 RAW_BYTES_PER_SAMPLE = 4 * RAW_INTS_PER_SAMPLE  # 160
 RAW_DTYPE = np.dtype("<i4")
+ID_DTYPE = np.dtype(np.int32)  # the ids' dtype in the batches (dataset.py)
+MAX_VOCAB_SIZE = int(np.iinfo(ID_DTYPE).max) + 1  # ids 0 .. MAX_VOCAB_SIZE - 1 fit ID_DTYPE
 
 FORMAT_VERSION = 1
 METADATA_NAME = "metadata.json"
@@ -55,24 +64,34 @@ def category_file(feature):
     return f"category_{feature}.bin"
 
 
+def check_vocab_sizes(sizes, name="vocab_sizes", expected_len=NUM_CATEGORICAL):
+    """Raises ValueError, its message starting with `name`, unless sizes is a list of
+    expected_len (None: any number of) integers in [1, MAX_VOCAB_SIZE]."""
+    if not isinstance(sizes, (list, tuple)):
+        raise ValueError(f"{name} is {sizes!r}, expected a list of integers")
+    if expected_len is not None and len(sizes) != expected_len:
+        raise ValueError(f"{name}: expected {expected_len} entries (one per categorical "
+                         f"feature), got {len(sizes)}")
+    for i, size in enumerate(sizes):
+        if not (isinstance(size, int) and not isinstance(size, bool)
+                and 1 <= size <= MAX_VOCAB_SIZE):
+            raise ValueError(f"{name}[{i}] is {size!r}, expected an integer in [1, "
+                             f"{MAX_VOCAB_SIZE}] (ids are read as {ID_DTYPE.name})")
+
+
 def parse_vocab_sizes(value, expected_len=NUM_CATEGORICAL):
-    """A preset name (VOCAB_PRESETS) | '[1, 2, ...]' | '1,2,...' -> tuple of positive ints.
-    Never evaluates code."""
+    """A preset name (VOCAB_PRESETS) | '[1, 2, ...]' | '1,2,...' -> tuple of ints in
+    [1, MAX_VOCAB_SIZE]. Never evaluates code."""
     text = value.strip()
     if text in VOCAB_PRESETS:
         sizes = VOCAB_PRESETS[text]
     else:
         try:
-            parsed = json.loads(text if text.startswith("[") else f"[{text}]")
+            sizes = json.loads(text if text.startswith("[") else f"[{text}]")
         except json.JSONDecodeError as err:
             raise ValueError(f"vocab_sizes: cannot parse {value!r} as a JSON list, a comma-"
                              f"separated list or one of {sorted(VOCAB_PRESETS)}: {err}") from None
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parsed):
-            raise ValueError(f"vocab_sizes: every entry must be a positive integer, got {value!r}")
-        sizes = tuple(parsed)
-    if expected_len is not None and len(sizes) != expected_len:
-        raise ValueError(f"vocab_sizes: expected {expected_len} entries (one per categorical "
-                         f"feature), got {len(sizes)}")
+    check_vocab_sizes(sizes, "vocab_sizes", expected_len)
     return tuple(sizes)
 
 
@@ -105,8 +124,34 @@ def make_metadata(num_samples, vocab_sizes, source_name, source_size):
     }
 
 
+def _check_metadata_fields(meta, path):
+    """Raises ValueError naming path, the key and its value unless meta (metadata.json's
+    contents) has every key, of the right type and meaning; the files are checked apart."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a {type(meta).__name__}")
+    for key in ("format_version", "num_samples", "vocab_sizes", "dense_transform", "files"):
+        if key not in meta:
+            raise ValueError(f"{path}: no key {key!r}")
+    version = meta["format_version"]
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise ValueError(f"{path}: format_version {version!r} is not supported "
+                         f"(this reader knows {FORMAT_VERSION})")
+    if meta["dense_transform"] != DENSE_TRANSFORM:
+        raise ValueError(f"{path}: dense_transform {meta['dense_transform']!r} is not "
+                         f"{DENSE_TRANSFORM!r}")
+    num_samples = meta["num_samples"]
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+        raise ValueError(f"{path}: num_samples is {num_samples!r}, expected an integer >= 0")
+    check_vocab_sizes(meta["vocab_sizes"], f"{path}: vocab_sizes")
+    if not isinstance(meta["files"], dict):
+        raise ValueError(f"{path}: files is {meta['files']!r}, expected an object "
+                         f"(file name -> dtype, shape)")
+
+
 def read_metadata(directory):
-    """Loads and checks directory/metadata.json against the files beside it; returns the dict."""
+    """Loads and checks directory/metadata.json (every key's type and meaning, and the files
+    beside it); returns the dict. ValueError or FileNotFoundError naming the file, the key and
+    the value."""
     path = os.path.join(directory, METADATA_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: missing (create the directory with split_bin.py)")
@@ -115,17 +160,12 @@ def read_metadata(directory):
             meta = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON: {err}") from None
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r} is not supported "
-                         f"(this reader knows {FORMAT_VERSION})")
-    if meta.get("dense_transform") != DENSE_TRANSFORM:
-        raise ValueError(f"{path}: dense_transform {meta.get('dense_transform')!r} is not "
-                         f"{DENSE_TRANSFORM!r}")
+    _check_metadata_fields(meta, path)
     num_samples = meta["num_samples"]
     for name, (dtype, shape) in file_layout(num_samples, meta["vocab_sizes"]).items():
         entry = meta["files"].get(name)
-        if entry is None or entry["dtype"] != dtype.name or tuple(entry["shape"]) != shape:
+        if (not isinstance(entry, dict) or entry.get("dtype") != dtype.name
+                or entry.get("shape") != list(shape)):
             raise ValueError(f"{path}: files[{name!r}] is {entry}, expected dtype {dtype.name} "
                              f"shape {list(shape)}")
         file_path = os.path.join(directory, name)
@@ -140,11 +180,73 @@ def read_metadata(directory):
 
 
 def write_json_atomic(path, obj):
-    """Writes obj as JSON to path through a temporary name in the same directory."""
+    """Writes obj as JSON to path through a temporary name (path.tmp-PID) in the same
+    directory; a failed write removes its temporary and raises."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def check_writable_directory(directory):
+    """Creates directory if missing and checks that it takes a new file (one made and removed
+    at once); raises OSError naming the path where not."""
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write-test.tmp-{os.getpid()}")
+    with open(probe, "w"):
+        pass
+    os.remove(probe)
+
+
+def check_writable_file(path):
+    """Checks that write_json_atomic(path, ...) can succeed: path is not a directory and its
+    directory exists and takes a new file. Raises OSError naming the path where not."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "Is a directory", path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(20, "Not a directory", directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(2, "No such directory", directory)
+    check_writable_directory(directory)
+
+
+def process_exists(pid):
+    """Whether a process of that PID runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_dead_leftovers(directory, pattern, tool, stream=sys.stderr):
+    """Removes the entries of `directory` (files or directories) whose names fullmatch the
+    regex `pattern`, its group 1 the PID of the process that made them, where that process no
+    longer runs (killed outright, it could not clean up); says so on stream ("TOOL: removed
+    PATH, left by process PID that no longer runs"). -> the removed paths."""
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        match = re.fullmatch(pattern, entry)
+        path = os.path.join(directory, entry)
+        if match is None or process_exists(int(match.group(1))):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(path)
+        if stream is not None:
+            stream.write(f"{tool}: removed {path}, left by process {match.group(1)} that no "
+                         f"longer runs\n")
+    return removed

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 import data_format as fmt
 
-CATEGORICAL_DTYPE = np.int32
+CATEGORICAL_DTYPE = fmt.ID_DTYPE  # int32
 PAD_LABEL = -1.0  # label of the padding rows of the last evaluation batch
 
 

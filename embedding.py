@@ -84,6 +84,13 @@ def save_shard(table, path):
         os.fsync(f.fileno())
 
 
+def all_finite(table):
+    """-> whether every value of a shard [rows, D] is finite, checked block by block (no
+    temporary of the whole shard's size)."""
+    return all(bool(tf.reduce_all(tf.math.is_finite(table[start:stop])))
+               for start, stop in _blocks(table))
+
+
 def shard_file_initializer(paths, rows, dim):
     """The saved shards of a table [rows, D] (paths in rank order, written by save_shard on
     len(paths) ranks) -> initializer(table rows int64 [n]) -> float32 [n, D] for fill_shard:

@@ -35,7 +35,8 @@ flags.DEFINE_bool("compress", False, "Unique keys before the embedding exchange.
 flags.DEFINE_bool("custom_interact", False, "Dot interaction by the custom op (custom_interact/).")
 flags.DEFINE_bool("eval_in_last", False, "Evaluate after training (and, unless --eval_interval "
                   "is given, only then).")
-flags.DEFINE_bool("use_synthetic_dataset", False, "Random batches, no files (profiling).")
+flags.DEFINE_bool("use_synthetic_dataset", False, "Random batches, no files (profiling); "
+                  "excludes --data_dir.")
 flags.DEFINE_integer("early_stop", -1, "Stop after this many training steps (-1: no limit).")
 flags.DEFINE_integer("epochs", 1, "Passes over the training set.")
 flags.DEFINE_float("lr", 24.0, "Base learning rate (plain SGD, dense and embeddings).")
@@ -43,11 +44,14 @@ _section("Model and embeddings")
 flags.DEFINE_enum("embedding", "auto", ["auto", "sok", "tf"],
                   "Model-parallel tables: SOK 2.x, TensorFlow + hvd.alltoall, or sok if it imports.")
 flags.DEFINE_integer("embedding_dim", 128, "Embedding vector size.")
-flags.DEFINE_list("bottom_mlp", ["512", "256", "128"], "Bottom MLP widths (last = embedding_dim).")
-flags.DEFINE_list("top_mlp", ["1024", "1024", "512", "256", "1"], "Top MLP widths (last = 1).")
+flags.DEFINE_list("bottom_mlp", ["512", "256", "128"], "Bottom MLP widths, integers >= 1 "
+                  "(last = embedding_dim).")
+flags.DEFINE_list("top_mlp", ["1024", "1024", "512", "256", "1"], "Top MLP widths, integers "
+                  ">= 1 (last = 1).")
 flags.DEFINE_string("vocab_sizes", None,
                     "Vocabularies for --use_synthetic_dataset: criteo_tb, criteo_tb_scaled, or a "
-                    "list (default criteo_tb). With --data_dir they come from metadata.json.")
+                    "list of 26 integers in [1, 2**31] (default criteo_tb). With --data_dir they "
+                    "come from metadata.json.")
 flags.DEFINE_integer("seed", 0, "Seed of the dense initialisation (broadcast from rank 0).")
 _section("Schedule and evaluation (step counts default to MLPerf's at batch 55296, scaled)")
 flags.DEFINE_integer("warmup_steps", None, "LR warmup steps (default 2750 * 55296 / batch).")
@@ -64,7 +68,8 @@ flags.DEFINE_integer("synthetic_steps", 1000, "Steps per epoch of --use_syntheti
 flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_synthetic_dataset.")
 flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
 flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
-flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file.")
+flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file (its "
+                    "directory must exist; checked at start, a failure at the end warns).")
 flags.DEFINE_string("tensorboard_dir", None, "Write TensorBoard scalars (rank 0) here: loss, "
                     "lr, samples_per_second, loss_scale (--amp) at each log line, auc at each "
                     "evaluation. (--log_dir is absl's own flag, for its log files.)")
@@ -88,6 +93,21 @@ flags.register_validator("early_stop", lambda v: v == -1 or v >= 1,
                          "--early_stop must be -1 (no limit) or >= 1")
 flags.register_validator("epochs", lambda v: v >= 1, "--epochs must be >= 1")
 flags.register_validator("embedding_dim", lambda v: v >= 1, "--embedding_dim must be >= 1")
+flags.register_validator("seed", lambda v: -2**62 <= v < 2**62,
+                         "--seed must be within +-2**62 (TensorFlow's seeds are int64)")
+
+
+def _positive_integers(values):
+    """Whether a list flag's values are one or more integers >= 1."""
+    try:
+        return len(values) > 0 and all(int(v) >= 1 for v in values)
+    except ValueError:
+        return False
+
+
+for _name in ("bottom_mlp", "top_mlp"):
+    flags.register_validator(_name, _positive_integers,
+                             f"--{_name} must be a comma-separated list of integers >= 1")
 for _name in ("warmup_steps", "decay_start_step"):
     flags.register_validator(_name, lambda v: v is None or v >= 0, f"--{_name} must be >= 0")
 flags.register_validator("decay_steps", lambda v: v is None or v >= 1,
@@ -98,7 +118,7 @@ flags.register_validator("auc_target", lambda v: 0.0 < v <= 1.0,
                          "--auc_target must be in (0, 1]")
 flags.register_validator("log_interval", lambda v: v >= 1, "--log_interval must be >= 1")
 for _name in ("synthetic_steps", "synthetic_eval_steps"):
-    flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1")
+    flags.register_validator(_name, lambda v: 1 <= v <= 2**62, f"--{_name} must be in [1, 2**62]")
 flags.register_validator("prefetch", lambda v: v >= 0, "--prefetch must be >= 0")
 flags.register_validator("checkpoint_every_steps", lambda v: v >= 0,
                          "--checkpoint_every_steps must be >= 0")
@@ -106,6 +126,16 @@ flags.register_multi_flags_validator(
     ["checkpoint_dir", "checkpoint_every_steps", "resume"],
     lambda f: f["checkpoint_dir"] or not (f["resume"] or f["checkpoint_every_steps"]),
     "--resume and --checkpoint_every_steps need --checkpoint_dir")
+flags.register_multi_flags_validator(
+    ["data_dir", "use_synthetic_dataset"],
+    lambda f: not (f["data_dir"] and f["use_synthetic_dataset"]),
+    "--data_dir and --use_synthetic_dataset exclude each other (synthetic batches read no "
+    "files): give one")
+flags.register_multi_flags_validator(
+    ["vocab_sizes", "use_synthetic_dataset"],
+    lambda f: f["vocab_sizes"] is None or f["use_synthetic_dataset"],
+    "--vocab_sizes is for --use_synthetic_dataset; with --data_dir the vocabularies come from "
+    "metadata.json")
 
 
 def _step_range(text):
@@ -117,6 +147,19 @@ def _step_range(text):
     return (start, stop) if 1 <= start < stop else None
 
 
+def _vocab_sizes_flag_ok(value):
+    """--vocab_sizes' validator: None, or a list data_format.parse_vocab_sizes takes (else
+    flags.ValidationError with its message, naming the entry)."""
+    if value is not None:
+        import data_format as fmt
+        try:
+            fmt.parse_vocab_sizes(value)
+        except ValueError as err:
+            raise flags.ValidationError(f"--{err}") from None
+    return True
+
+
+flags.register_validator("vocab_sizes", _vocab_sizes_flag_ok)
 flags.register_validator("profile_steps", lambda v: _step_range(v) is not None,
                          "--profile_steps must be START:STOP with 1 <= START < STOP")
 flags.register_multi_flags_validator(
@@ -209,12 +252,52 @@ def _eval_interval(training):
     return training.scale_steps(training.REFERENCE_EVAL_INTERVAL, FLAGS.global_batch_size)
 
 
-def _int_list(name, values):
+def _open_outputs(tf, fmt):
+    """Rank 0's outputs, checked before any work: --results_json's directory takes a file,
+    --checkpoint_dir, --tensorboard_dir and --profile_dir are made and take one, the
+    TensorBoard writer opens.
+    -> (one line naming the first flag that fails, or None; the summary writer or None)."""
+    checks = [("results_json", fmt.check_writable_file),
+              ("checkpoint_dir", fmt.check_writable_directory),  # then every rank's, locked
+              ("tensorboard_dir", fmt.check_writable_directory),
+              ("profile_dir", fmt.check_writable_directory)]
+    for name, check in checks:
+        if FLAGS[name].value:
+            try:
+                check(FLAGS[name].value)
+            except OSError as err:
+                return f"--{name}={FLAGS[name].value}: cannot write there ({err})", None
+    if not FLAGS.tensorboard_dir:
+        return None, None
     try:
-        return tuple(int(v) for v in values)
-    except ValueError:
-        raise app.UsageError(f"--{name}: expected a comma-separated list of integers, "
-                             f"got {','.join(values)!r}") from None
+        return None, tf.summary.create_file_writer(FLAGS.tensorboard_dir)
+    except (OSError, tf.errors.OpError) as err:
+        return f"--tensorboard_dir={FLAGS.tensorboard_dir}: cannot write there ({err})", None
+
+
+def _claim_outputs(tf, hvd, fmt, checkpoint, say):
+    """Before any work: rank 0's outputs checked (_open_outputs; every rank learns the verdict)
+    and --checkpoint_dir locked for this run (checkpoint.lock_directory, every rank's view).
+    -> rank 0's summary writer or None. Raises app.UsageError."""
+    problem, writer = _open_outputs(tf, fmt) if hvd.rank() == 0 else (None, None)
+    problem = hvd.broadcast_object(problem, root_rank=0, name="output_check")
+    if problem:
+        raise app.UsageError(problem)
+    if FLAGS.checkpoint_dir:
+        try:
+            checkpoint.lock_directory(FLAGS.checkpoint_dir, log=say)
+        except checkpoint.CheckpointError as err:  # it names the directory
+            raise app.UsageError(str(err)) from None
+    return writer
+
+
+def _write_results(fmt, path, report, say):
+    """--results_json (rank 0) at the end: a failure warns; the run and its checkpoint stand."""
+    try:
+        fmt.write_json_atomic(path, report)
+    except OSError as err:
+        say(f"main.py: warning: --results_json={path} not written ({err}); the report is above",
+            file=sys.stderr)
 
 
 def train():
@@ -223,6 +306,7 @@ def train():
     if FLAGS.data_dir is None and not FLAGS.use_synthetic_dataset:
         raise app.UsageError("give --data_dir (train/ and test/ made by split_bin.py) or "
                              "--use_synthetic_dataset")
+    bottom_mlp, top_mlp = tuple(map(int, FLAGS.bottom_mlp)), tuple(map(int, FLAGS.top_mlp))
 
     import horovod.tensorflow as hvd
     import tensorflow as tf
@@ -243,12 +327,10 @@ def train():
     batch = FLAGS.global_batch_size // world
     say = print if hvd.rank() == 0 else (lambda *a, **k: None)
     say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
+    summary_writer = _claim_outputs(tf, hvd, fmt, checkpoint, say)
 
     if FLAGS.use_synthetic_dataset:
-        try:
-            vocab_sizes = fmt.parse_vocab_sizes(FLAGS.vocab_sizes or "criteo_tb")
-        except ValueError as err:
-            raise app.UsageError(f"--{err}") from None
+        vocab_sizes = fmt.parse_vocab_sizes(FLAGS.vocab_sizes or "criteo_tb")
         train_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_steps,
                                               seed=hvd.rank(), device=input_device)
         eval_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_eval_steps,
@@ -265,11 +347,12 @@ def train():
             raise app.UsageError(str(err)) from None
         vocab_sizes = train_data.vocab_sizes
         if eval_data.vocab_sizes != vocab_sizes:
-            raise app.UsageError(f"{FLAGS.data_dir}: train/ and test/ metadata.json disagree "
-                                 f"on vocab_sizes")
-        if FLAGS.vocab_sizes is not None:
-            raise app.UsageError("--vocab_sizes is for --use_synthetic_dataset; with "
-                                 "--data_dir the vocabularies come from metadata.json")
+            feature = next(f for f, (a, b) in enumerate(zip(vocab_sizes, eval_data.vocab_sizes))
+                           if a != b)
+            raise app.UsageError(
+                f"{FLAGS.data_dir}: train/ and test/ metadata.json disagree on vocab_sizes"
+                f"[{feature}]: {vocab_sizes[feature]} in train, {eval_data.vocab_sizes[feature]} "
+                f"in test")
 
     if FLAGS.amp:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
@@ -285,9 +368,8 @@ def train():
             backend, vocab_sizes, FLAGS.embedding_dim, compress=FLAGS.compress, seed=FLAGS.seed,
             vector_dtype=tf.float16 if FLAGS.amp else tf.float32, jit_compile=FLAGS.xla)
         table_seconds = time.perf_counter() - start
-        model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=_int_list("bottom_mlp", FLAGS.bottom_mlp),
-                          top_mlp=_int_list("top_mlp", FLAGS.top_mlp), interaction=interaction,
-                          seed=FLAGS.seed, jit_compile=FLAGS.xla)
+        model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=bottom_mlp, top_mlp=top_mlp,
+                          interaction=interaction, seed=FLAGS.seed, jit_compile=FLAGS.xla)
     except (ValueError, ImportError, OSError, RuntimeError) as err:  # op or SOK missing
         raise app.UsageError(str(err)) from None
     startup_peak_gib = _peak_gpu_gib(tf, input_device)
@@ -321,8 +403,9 @@ def train():
                                allreduce_fp16=FLAGS.allreduce_fp16, jit_compile=FLAGS.xla)
     checkpoints = resume_from = None
     if FLAGS.checkpoint_dir:
-        checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer)
-        resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0)  # rank 0 decides
+        checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer)  # locked above
+        resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0,  # rank 0 decides
+                                           name="resume_from")
         if resume_from and not FLAGS.resume:
             raise app.UsageError(f"--checkpoint_dir={FLAGS.checkpoint_dir} holds a checkpoint "
                                  f"({os.path.basename(resume_from)}), which this run would "
@@ -338,8 +421,7 @@ def train():
             profile=((*_step_range(FLAGS.profile_steps), FLAGS.profile_dir)
                      if FLAGS.profile_dir and hvd.rank() == 0 else None),
             log=lambda line: say(line, flush=True),
-            summary_writer=(tf.summary.create_file_writer(FLAGS.tensorboard_dir)
-                            if FLAGS.tensorboard_dir and hvd.rank() == 0 else None),
+            summary_writer=summary_writer,
             checkpoints=checkpoints, checkpoint_every=FLAGS.checkpoint_every_steps,
             resume_from=resume_from)
     except checkpoint.CheckpointError as err:  # the same files, the same error on every rank
@@ -355,8 +437,12 @@ def train():
                   peak_gpu_gib=_peak_gpu_gib(tf, input_device))
     say(training.format_report(report), flush=True)
     if FLAGS.results_json and hvd.rank() == 0:
-        fmt.write_json_atomic(FLAGS.results_json, report)
+        _write_results(fmt, FLAGS.results_json, report, say)
     return 0
+
+
+# Horovod's error in a collective once another rank has ended (horovod/common/operations.cc).
+_ANOTHER_RANK_ENDED = "Horovod has been shut down"
 
 
 def main(argv):
@@ -366,6 +452,10 @@ def main(argv):
         return train()
     except app.UsageError as err:
         _fail(str(err))
+    except Exception as err:
+        if _ANOTHER_RANK_ENDED in str(err):  # that rank said why: no traceback of ours after it
+            sys.exit(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -738,6 +738,16 @@ class _Work:
         fmt.write_json_atomic(self.state_path, state)
 
 
+def _remove_dead_temporaries(out_dir, work_dir, stream):
+    """Removes the *.tmp-PID files of atomic writes (metadata, state, vocabulary) that a
+    killed run left in out_dir and work_dir (where the PID no longer runs), saying so."""
+    leftovers = [(out_dir, rf"{re.escape(METADATA_NAME)}\.tmp-(\d+)"),
+                 (work_dir, r"(?:state\.json|vocabulary\.bin)\.tmp-(\d+)")]
+    for directory, pattern in leftovers:
+        if os.path.isdir(directory):
+            fmt.remove_dead_leftovers(directory, pattern, "preprocess_criteo", stream)
+
+
 def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, vocab="all",
                workers=None, hash_mod=HASH_MOD, chunk_bytes=DEFAULT_CHUNK_BYTES,
                block_bytes=DEFAULT_BLOCK_BYTES, overwrite=False, progress_stream=sys.stderr,
@@ -767,6 +777,7 @@ def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, voc
     finals = {name: os.path.join(out_dir, name)
               for name in (TRAIN_NAME, TEST_NAME, METADATA_NAME, VOCAB_NAME)}
     work = _Work(out_dir)
+    _remove_dead_temporaries(out_dir, work.dir, progress_stream)
     if overwrite:
         shutil.rmtree(work.dir, ignore_errors=True)
         for path in finals.values():

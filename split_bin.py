@@ -25,33 +25,6 @@ class InputError(ValueError):
     """Bad input: the message names the file, the field and the value."""
 
 
-def _process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_stale_partials(out_dir, stream=sys.stderr):
-    """Removes the .NAME.partial-PID / .NAME.old-PID directories beside out_dir that a killed
-    split_bin (whose PID no longer exists) left behind; says so on stream. Returns their paths."""
-    parent, name = os.path.split(out_dir)
-    removed = []
-    for entry in sorted(os.listdir(parent)):
-        match = re.fullmatch(rf"\.{re.escape(name)}\.(?:partial|old)-(\d+)", entry)
-        path = os.path.join(parent, entry)
-        if match and os.path.isdir(path) and not _process_exists(int(match.group(1))):
-            shutil.rmtree(path)
-            removed.append(path)
-            if stream is not None:
-                stream.write(f"split_bin: removed {path}, left by process {match.group(1)} "
-                             f"that no longer runs\n")
-    return removed
-
-
 def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18,
           progress_stream=sys.stderr, progress_seconds=10.0):
     """Writes out_dir in the split format from the raw file raw_path; returns the metadata."""
@@ -81,7 +54,9 @@ def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    remove_stale_partials(out_dir, progress_stream)
+    # What a killed split_bin of this output left (.NAME.partial-PID/, .NAME.old-PID/).
+    fmt.remove_dead_leftovers(parent, rf"\.{re.escape(os.path.basename(out_dir))}"
+                                      rf"\.(?:partial|old)-(\d+)", "split_bin", progress_stream)
     tmp_dir = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
     os.mkdir(tmp_dir)
     try:

@@ -158,6 +158,34 @@ class _Range:
         self._pop()
 
 
+class Telemetry:
+    """What a run writes to be watched (TensorBoard scalars, the profiler's trace), which must
+    never end it: the first failure of a part (a full disk, a vanished directory) warns once
+    through `log` and that part writes no more; training and checkpoints go on."""
+
+    def __init__(self, log):
+        self._log = log
+        self._failed = set()
+
+    def attempt(self, part, action):
+        """Runs action() unless `part` failed before. -> whether it ran without error."""
+        if part in self._failed:
+            return False
+        try:
+            action()
+        except (OSError, tf.errors.OpError) as error:
+            self._failed.add(part)
+            self._log(f"warning: {part} failed ({error}); it writes no more, training goes on")
+            return False
+        return True
+
+
+def _write_scalars(summary_writer, step, values):
+    with summary_writer.as_default():
+        for name, value in values.items():
+            tf.summary.scalar(name, value, step=step)
+
+
 def _all_finite(tensors):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
@@ -295,6 +323,7 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
       stop.
     summary_writer: a tf.summary writer (rank 0's) or None: TensorBoard scalars at each log
       line (loss, lr, samples_per_second, loss_scale under AMP) and each evaluation (auc).
+      The profiler and the writer are Telemetry: their failures warn, never end the run.
     checkpoints: a checkpoint.Checkpoints or None: saved every checkpoint_every steps (0: not
       during training) and after the last step. resume_from: the path of one of them: the run
       goes on from its step as if never interrupted (its batches skipped unread, its variables,
@@ -310,6 +339,7 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
     evaluations, target_step, steps, epoch, epoch_step = [], None, 0, 0, 0
     run_start = time.perf_counter()
     phases = Phases()
+    telemetry = Telemetry(log)
     trainer.build_and_broadcast(next(iter(train_dataset.batches()))[0])
     if resume_from is not None:
         meta = checkpoints.load_meta(resume_from, batches_per_epoch)
@@ -324,9 +354,7 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
 
     def scalars(**values):
         if summary_writer is not None:
-            with summary_writer.as_default():
-                for name, value in values.items():
-                    tf.summary.scalar(name, value, step=steps)
+            telemetry.attempt("TensorBoard", lambda: _write_scalars(summary_writer, steps, values))
 
     def run_eval():
         nonlocal eval_seconds, target_step
@@ -371,17 +399,17 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
                 break
             run_steps = steps - first_step  # this process's steps so far
             if profile and run_steps == profile[0]:
-                tf.profiler.experimental.start(profile[2])
-                profiling = True
+                profiling = telemetry.attempt(
+                    "the profiler", lambda: tf.profiler.experimental.start(profile[2]))
             with phases("step"):
                 loss = trainer.train_step(*batch)
             steps, epoch_step, run_steps = steps + 1, epoch_step + 1, run_steps + 1
             if profiling and run_steps == profile[1]:
                 float(loss)  # the traced steps' kernels have run
-                tf.profiler.experimental.stop()
                 profiling = False
-                log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} "
-                    f"in {profile[2]}")
+                if telemetry.attempt("the profiler", tf.profiler.experimental.stop):
+                    log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} "
+                        f"in {profile[2]}")
             segment_steps += 1
             if run_steps == 1:  # tracing and compilation: timed apart from the training steps
                 float(loss)
@@ -417,16 +445,16 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
             epoch, epoch_step = epoch + 1, 0
     if profiling:  # the run ended inside the traced steps
         float(loss)
-        tf.profiler.experimental.stop()
-        log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} (the run ended "
-            f"before step {first_step + profile[1]}) in {profile[2]}")
+        if telemetry.attempt("the profiler", tf.profiler.experimental.stop):
+            log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} (the run "
+                f"ended before step {first_step + profile[1]}) in {profile[2]}")
     if checkpoints is not None and saved_step != steps:
         save_checkpoint()
     if eval_in_last and eval_dataset is not None and (not evaluations
                                                       or evaluations[-1]["step"] != steps):
         run_eval()
     if summary_writer is not None:
-        summary_writer.flush()
+        telemetry.attempt("TensorBoard", summary_writer.flush)
     total_seconds = time.perf_counter() - run_start
     skipped = int(trainer.loss_scale.skipped_steps.numpy()) if trainer.loss_scale else 0
     run_steps = steps - first_step

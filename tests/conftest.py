@@ -47,17 +47,32 @@ def horovodrun(num_ranks, script, *args, timeout=600):
     return proc
 
 
-def run_main(*flags, num_ranks=2, timeout=900):
-    """main.py with flags on num_ranks Gloo ranks (CPU ranks if more than one, as
-    horovodrun's) -> the CompletedProcess, whatever its exit status."""
+def main_command(*flags, num_ranks=2):
+    """-> (argv, environment) of main.py with flags on num_ranks Gloo ranks (CPU ranks if more
+    than one, as horovodrun's), to run in ROOT."""
     cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo", "-H",
            f"localhost:{num_ranks}", os.path.join(ROOT, "hvd_wrapper.sh"), sys.executable,
            os.path.join(ROOT, "main.py"), *flags]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if num_ranks > 1:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    return cmd, env
+
+
+def run_main(*flags, num_ranks=2, timeout=900):
+    """main.py with flags on num_ranks Gloo ranks (main_command) -> the CompletedProcess,
+    whatever its exit status."""
+    cmd, env = main_command(*flags, num_ranks=num_ranks)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_main_alone(*flags, timeout=300):
+    """main.py with flags in one process, no launcher -> the CompletedProcess (stderr into
+    stdout, so the last line printed is the last of .stdout)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *map(str, flags)],
+                          cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -127,6 +127,56 @@ def test_errors(tmp_path, rng):
         dataset.SplitDataset(str(tmp_path / "nowhere"), 4)
 
 
+def _set(key, value):
+    return lambda meta: meta.__setitem__(key, value)
+
+
+def _set_vocab(feature, value):
+    return lambda meta: meta["vocab_sizes"].__setitem__(feature, value)
+
+
+VOCAB_RANGE = "expected an integer in [1, 2147483648] (ids are read as int32)"
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda meta: meta["vocab_sizes"].pop(), "vocab_sizes: expected 26 entries (one per "
+                                             "categorical feature), got 25"),
+    (lambda meta: meta["vocab_sizes"].append(5), "vocab_sizes: expected 26 entries (one per "
+                                                 "categorical feature), got 27"),
+    (_set_vocab(2, -3), f"vocab_sizes[2] is -3, {VOCAB_RANGE}"),
+    (_set_vocab(2, 0), f"vocab_sizes[2] is 0, {VOCAB_RANGE}"),
+    (_set_vocab(2, "70000"), f"vocab_sizes[2] is '70000', {VOCAB_RANGE}"),
+    (_set_vocab(0, 10.0), f"vocab_sizes[0] is 10.0, {VOCAB_RANGE}"),
+    (_set_vocab(0, 2**31 + 1), f"vocab_sizes[0] is 2147483649, {VOCAB_RANGE}"),
+    (_set("vocab_sizes", {"0": 10}), "vocab_sizes is {'0': 10}, expected a list of integers"),
+    (lambda meta: meta.pop("num_samples"), "no key 'num_samples'"),
+    (lambda meta: meta.pop("files"), "no key 'files'"),
+    (_set("num_samples", 50.0), "num_samples is 50.0, expected an integer >= 0"),
+    (_set("num_samples", -1), "num_samples is -1, expected an integer >= 0"),
+    (_set("num_samples", "50"), "num_samples is '50', expected an integer >= 0"),
+    (_set("files", []), "files is [], expected an object (file name -> dtype, shape)"),
+    (lambda meta: meta["files"].__setitem__("label.bin", "int8"),
+     "files['label.bin'] is int8, expected dtype int8 shape [50]"),
+    ("a list", "expected a JSON object, got a list"),
+])
+def test_metadata_json_is_checked_for_meaning(tmp_path, rng, edit, problem):
+    """Each defect is one ValueError naming the file, the key and the value; the file is only
+    read. 25 or 27 vocabularies used to train on 25/27 features, -3 to train with a warning."""
+    data_dir, _ = _make_split(tmp_path, rng, 50)
+    meta_path = os.path.join(data_dir, "metadata.json")
+    meta = json.load(open(meta_path))
+    if edit == "a list":
+        meta = [meta]
+    else:
+        edit(meta)
+    json.dump(meta, open(meta_path, "w"))
+    written = open(meta_path).read()
+    with pytest.raises(ValueError) as raised:
+        dataset.SplitDataset(data_dir, 4)
+    assert str(raised.value) == f"{meta_path}: {problem}"
+    assert open(meta_path).read() == written
+
+
 def test_synthetic_dataset_has_the_same_signature():
     ds = dataset.SyntheticDataset(6, VOCAB, num_batches=9)
     batches = list(ds)

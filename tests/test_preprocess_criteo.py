@@ -353,6 +353,40 @@ def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, pass_n
         assert _read_bytes(os.path.join(out, name)) == _read_bytes(os.path.join(whole[0], name))
 
 
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(dataset, whole, tmp_path):
+    """A run killed while writing state.json, the vocabulary or the metadata leaves its
+    *.tmp-PID; the next run removes those of processes that no longer run, says so, and keeps
+    another live process's."""
+    in_dir, _ = dataset
+    out = str(tmp_path / "killed")
+    _kill_after(in_dir, out, 1, 1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its PID no longer runs
+    alive = os.getppid()
+    work = os.path.join(out, pc.WORK_NAME)
+    leftovers = [os.path.join(work, f"state.json.tmp-{dead.pid}"),
+                 os.path.join(work, f"vocabulary.bin.tmp-{dead.pid}"),
+                 os.path.join(out, f"{pc.METADATA_NAME}.tmp-{dead.pid}")]
+    live = os.path.join(work, f"state.json.tmp-{alive}")
+    for path in leftovers + [live]:
+        Path(path).write_bytes(b"")
+    log, kept = io.StringIO(), []
+    pc.AFTER_DAY = lambda ps, d: kept.append(os.path.exists(live))
+    try:
+        pc.preprocess(in_dir, out, [0, 1, 2], 3, progress_stream=log,
+                      **{k: v for k, v in FAST.items() if k != "progress_stream"})
+    finally:
+        pc.AFTER_DAY = None
+    for path in leftovers:
+        assert (f"preprocess_criteo: removed {path}, left by process {dead.pid} that no longer "
+                f"runs") in log.getvalue()
+    assert kept and all(kept)  # the live process's, while the run went on
+    assert not os.path.exists(work)  # then the finished run removed its work directory
+    assert sorted(os.listdir(out)) == sorted(os.listdir(whole[0]))
+    for name in ["train_data.bin", "test_data.bin", pc.VOCAB_NAME]:
+        assert _read_bytes(os.path.join(out, name)) == _read_bytes(os.path.join(whole[0], name))
+
+
 def test_interrupted_run_with_changed_input_or_options(dataset, tmp_path):
     in_dir, days = dataset
     copy_dir = tmp_path / "in"

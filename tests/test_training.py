@@ -5,13 +5,14 @@ imports (the GPU machine), the real SOK trains as the tf backend on one rank."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc, run_main
+from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc, run_main, run_main_alone
 import embedding
 import split_bin
 import synthetic_data
@@ -170,6 +171,13 @@ def test_hvd_wrapper_pins_the_local_rank():
 SCALED = "--vocab_sizes=criteo_tb_scaled"
 
 
+def _rank_tracebacks(proc):
+    """The lines of a horovodrun run's ranks (not the launcher's own) that belong to a Python
+    traceback or Horovod's shutdown error."""
+    return [line for line in proc.stderr.splitlines() if re.match(r"\[\d+\]<std", line) and
+            ("Traceback" in line or "Horovod has been shut down" in line)]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--use_synthetic_dataset", "--global_batch_size=513", SCALED],
      "--global_batch_size=513 does not divide by the number of ranks (2)"),  # 2 ranks only
@@ -187,6 +195,28 @@ SCALED = "--vocab_sizes=criteo_tb_scaled"
     (["--use_synthetic_dataset", "stray"], "unexpected arguments ['stray']"),
     (["--use_synthetic_dataset", "--resume"],
      "--resume and --checkpoint_every_steps need --checkpoint_dir"),
+    # Each of these ended in a traceback (IndexError, ZeroDivisionError, "math domain error",
+    # OverflowError) or silently ignored --data_dir.
+    (["--use_synthetic_dataset", "--bottom_mlp="],
+     "--bottom_mlp must be a comma-separated list of integers >= 1"),
+    (["--use_synthetic_dataset", "--bottom_mlp=0,8"],
+     "flag --bottom_mlp=['0', '8']: --bottom_mlp must be a comma-separated list of integers "
+     ">= 1"),
+    (["--use_synthetic_dataset", "--bottom_mlp=-3,8"],
+     "flag --bottom_mlp=['-3', '8']: --bottom_mlp must be a comma-separated list of integers"),
+    (["--use_synthetic_dataset", "--top_mlp=16,x,1"],
+     "flag --top_mlp=['16', 'x', '1']: --top_mlp must be a comma-separated list of integers"),
+    (["--use_synthetic_dataset", "--vocab_sizes=99999999999999999999"],
+     "--vocab_sizes: expected 26 entries (one per categorical feature), got 1"),
+    (["--use_synthetic_dataset", "--vocab_sizes=" + "10," * 25 + "99999999999999999999"],
+     "--vocab_sizes[25] is 99999999999999999999, expected an integer in [1, 2147483648] (ids "
+     "are read as int32)"),
+    (["--use_synthetic_dataset", "--seed=99999999999999999999"],
+     "--seed must be within +-2**62"),
+    (["--use_synthetic_dataset", "--data_dir=/tmp"],
+     "--data_dir and --use_synthetic_dataset exclude each other (synthetic batches read no "
+     "files): give one"),
+    (["--data_dir=/tmp", SCALED], "--vocab_sizes is for --use_synthetic_dataset"),
 ])
 def test_bad_flags_give_one_line_from_rank_0(flags, message):
     proc = run_main(*flags)
@@ -204,6 +234,60 @@ def test_bad_flags_give_one_line_from_rank_0(flags, message):
     assert alone.returncode == 2, alone.stdout
     last = alone.stdout.strip().splitlines()[-1]
     assert last == ours[0][len("[0]<stderr>:"):], alone.stdout
+
+
+@pytest.mark.parametrize("flag, path, problem", [
+    ("results_json", "file.txt/r.json", "[Errno 20] Not a directory: '{tmp}/file.txt'"),
+    ("results_json", "nonexistent/r.json", "[Errno 2] No such directory: '{tmp}/nonexistent'"),
+    ("results_json", "existing_dir", "[Errno 21] Is a directory: '{tmp}/existing_dir'"),
+    ("checkpoint_dir", "file.txt/ck", "[Errno 20] Not a directory: '{tmp}/file.txt/ck'"),
+    ("tensorboard_dir", "file.txt/tb", "[Errno 20] Not a directory: '{tmp}/file.txt/tb'"),
+    ("profile_dir", "file.txt/prof", "[Errno 20] Not a directory: '{tmp}/file.txt/prof'"),
+])
+def test_an_unwritable_output_stops_main_at_start_with_one_line(tmp_path, flag, path, problem):
+    """Paths that fail for root too. Each used to cost the run: the results JSON failed after
+    the report (leaving <dir>.tmp-PID beside a directory), a checkpoint directory at the first
+    save, a TensorBoard directory in a traceback."""
+    (tmp_path / "file.txt").write_text("mine")
+    (tmp_path / "existing_dir").mkdir()
+    value = tmp_path / path
+    proc = run_main_alone("--use_synthetic_dataset", SCALED, "--early_stop=2",
+                          "--global_batch_size=64", "--embedding_dim=8", "--bottom_mlp=16,8",
+                          "--top_mlp=16,1", f"--{flag}={value}")
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"main.py: error: --{flag}={value}: cannot write there "
+        f"({problem.format(tmp=tmp_path)})")
+    assert "embedding backend" not in proc.stdout  # before any work
+    assert sorted(os.listdir(tmp_path)) == ["existing_dir", "file.txt"]
+    assert os.listdir(tmp_path / "existing_dir") == []
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+def test_an_unwritable_output_on_2_ranks_is_one_line_from_rank_0(tmp_path):
+    proc = run_main("--use_synthetic_dataset", SCALED, "--early_stop=2",
+                    "--global_batch_size=64", "--embedding_dim=8", "--bottom_mlp=16,8",
+                    "--top_mlp=16,1", f"--results_json={tmp_path}")
+    assert proc.returncode != 0
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "main.py:" in line]
+    assert ours == [
+        f"[0]<stderr>:main.py: error: --results_json={tmp_path}: cannot write there ([Errno 21] "
+        f"Is a directory: '{tmp_path}')"], proc.stdout + proc.stderr
+    assert not _rank_tracebacks(proc)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_results_json_failing_at_the_end_warns_and_the_run_stands(monkeypatch, capsys):
+    import main
+    import data_format as fmt
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device", path)
+    monkeypatch.setattr(fmt, "write_json_atomic", disk_full)
+    main._write_results(fmt, "/data/r.json", {"steps": 1}, print)
+    assert capsys.readouterr().err == (
+        "main.py: warning: --results_json=/data/r.json not written ([Errno 28] No space left "
+        "on device: '/data/r.json'); the report is above\n")
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
@@ -242,6 +326,32 @@ def test_start_says_how_the_schedule_fits_the_run():
     assert "RuntimeError" not in out + proc.stderr and "failed" not in out + proc.stderr
 
 
+@pytest.mark.parametrize("case", ["25 vocabularies in both", "train and test disagree"])
+def test_bad_metadata_stops_main_at_start_with_one_line(tmp_path, case):
+    """25 vocabulary sizes in train/ and test/ alike used to train on 25 features, exit 0."""
+    synthetic_data.generate(str(tmp_path / "raw"), 300, 100, VOCAB, seed=1, progress_stream=None)
+    for name in ["train", "test"]:
+        split_bin.split(str(tmp_path / "raw" / f"{name}_data.bin"), str(tmp_path / name), VOCAB,
+                        progress_stream=None)
+    for name in (["train", "test"] if case.startswith("25") else ["test"]):
+        path = tmp_path / name / "metadata.json"
+        meta = json.load(open(path))
+        if case.startswith("25"):
+            meta["vocab_sizes"].pop()
+        else:
+            meta["vocab_sizes"][3] = 3  # VOCAB[3] is 2: the same int8 file fits either
+        json.dump(meta, open(path, "w"))
+    proc = run_main_alone(f"--data_dir={tmp_path}", "--global_batch_size=64",
+                          "--embedding_dim=8", "--bottom_mlp=16,8", "--top_mlp=16,1")
+    assert proc.returncode == 2, proc.stdout
+    expected = (f"{tmp_path / 'train' / 'metadata.json'}: vocab_sizes: expected 26 entries (one "
+                f"per categorical feature), got 25" if case.startswith("25") else
+                f"{tmp_path}: train/ and test/ metadata.json disagree on vocab_sizes[3]: 2 in "
+                f"train, 3 in test")
+    assert proc.stdout.strip().splitlines()[-1] == f"main.py: error: {expected}"
+    assert "embedding backend" not in proc.stdout
+
+
 def test_an_id_outside_its_vocabulary_stops_training_with_one_line(tmp_path):
     synthetic_data.generate(str(tmp_path / "raw"), 3000, 500, VOCAB, seed=1, progress_stream=None)
     for name in ["train", "test"]:
@@ -256,3 +366,6 @@ def test_an_id_outside_its_vocabulary_stops_training_with_one_line(tmp_path):
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "main.py: error:" in line]
     assert ours == [f"[1]<stderr>:main.py: error: {tmp_path / 'train' / 'category_5.bin'}: "
                     f"sample 1300: categorical feature 5 is 1000, outside [0, 1000)"], ours
+    # Rank 0, waiting in the step's exchange for rank 1, says nothing (it used to print a long
+    # TF traceback of "Horovod has been shut down").
+    assert not _rank_tracebacks(proc), proc.stderr
