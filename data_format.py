@@ -39,9 +39,10 @@ DENSE_FILE = "dense.bin"
 LABEL_DTYPE = np.dtype(np.int8)
 DENSE_DTYPE = np.dtype(np.float16)
 
-# The seed's transform. HugeCTR's preprocessing stores missing values as 0 and adds 1
-# to every dense value, so the smallest value Criteo holds (-3 before the bias) is -2
-# and log(x + 3) stays finite. Values below DENSE_MIN are rejected by split_bin.py.
+# The seed's transform. preprocess_criteo.py stores max(x, 0) (the MLPerf reference's raw
+# files; see its docstring for the sources); log(x + 3) is finite for every value >= -2,
+# so raw files from other converters (e.g. with a +1 bias: Criteo's -3 stored as -2) still
+# convert. Values below DENSE_MIN are rejected by split_bin.py.
 DENSE_TRANSFORM = "log(x + 3)"
 DENSE_MIN = -2
 

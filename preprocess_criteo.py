@@ -15,8 +15,7 @@ but the label may be empty (missing). OUT_DIR receives
   preprocess_vocabulary.bin the vocabularies: id i of feature f is the i-th smallest hashed
                             value of f (layout under "Vocabulary file")
 
-Rules (MLPerf DLRM v1 reference, facebookresearch/dlrm data_utils.py, with the dense bias of
-HugeCTR's raw format):
+Rules (MLPerf DLRM v1 reference, facebookresearch/dlrm data_utils.py):
   label        "0" or "1"; anything else (also empty) is an error.
   categorical  hashed = int(field, 16) % 40,000,000 (--hash_mod), field of 1-8 hex digits,
                upper or lower case. Missing (empty) -> hashed value 0, as the reference does
@@ -35,12 +34,18 @@ HugeCTR's raw format):
                hashed values. --vocab=train: the train days only; a test value never seen in
                training maps to the reserved id vocab_size - 1, vocab_size = distinct + 1
                (the reserved id exists for every feature, whether or not it is used).
-  dense        missing -> 0; stored = max(x, -3) + 1 (HugeCTR raw: missing -> 0, then +1;
-               REFERENCE.md). Criteo's smallest value is -3 (stored -2 = DENSE_MIN, which
-               split_bin.py accepts and log(x + 3) keeps finite); a value below -3 is clamped
-               to -3 and counted per feature in the metadata (dense_clamped_below_-3). The
-               reference instead clamps negatives to 0 and stores no bias. A value whose
-               stored form overflows int32, or a non-integer, is an error.
+  dense        missing -> 0; stored = max(x, 0), no bias: the MLPerf reference's files hold
+               that (facebookresearch/dlrm data_utils.py, processCriteoAdData:
+               X_int[X_int < 0] = 0, stored as is; log(x + 1) only when loading), MLPerf
+               v1.0's HugeCTR submission trains on those files renamed train_data.bin /
+               test_data.bin (mlcommons/training_results_v1.0, HugeCTR DLRM README), and
+               HugeCTR's own converter (tools/dlrm_script/dlrm_raw_utils.h:
+               process_data_rows writes the value read, missing -> 0; process_dense_features
+               clamps negatives to 0; data_preprocess adds a dense_bias that defaults to 0).
+               No source adds +1. Negative values (Criteo has -1 .. -3) are counted per
+               feature in the metadata (dense_negative_clamped_to_0). Stored values are >= 0,
+               so split_bin.py's log(x + 3) is finite for all of them. A value above int32's
+               maximum, or a non-integer, is an error.
   split        train = every line of the train days (0-22), in order; test = the first
                ceil(L / 2) lines of the test day (L = its line count), as the reference's
                numpy_to_binary (midpoint = ceil(L / 2)): day 23's 178,274,637 lines (the
@@ -144,8 +149,7 @@ from progress import Progress
 
 HASH_MOD = 40_000_000
 MISSING_HASH = 0
-DENSE_BIAS = 1
-DENSE_CLAMP = fmt.DENSE_MIN - DENSE_BIAS  # -3: the smallest value stored as is
+DENSE_FLOOR = 0  # stored dense = max(x, DENSE_FLOOR), the MLPerf reference's files
 INT32_MAX = np.iinfo(np.int32).max
 NUM_FIELDS = 1 + fmt.NUM_DENSE + fmt.NUM_CATEGORICAL
 FIELD_NAMES = (["label"] + [f"I{i}" for i in range(1, fmt.NUM_DENSE + 1)]
@@ -154,10 +158,13 @@ TRAIN_NAME, TEST_NAME = "train_data.bin", "test_data.bin"
 METADATA_NAME = "preprocess_metadata.json"
 VOCAB_NAME = "preprocess_vocabulary.bin"
 WORK_NAME = ".preprocess_criteo"
-STATE_VERSION = 1
+STATE_VERSION = 2
 VOCAB_MAGIC = b"CRTOVOC1"
 DEFAULT_CHUNK_BYTES = 64 << 20
 DEFAULT_BLOCK_BYTES = 8 << 20
+DEFAULT_SEED = 123  # the seed of the reference's mlperf branch (its permutation differs)
+DEFAULT_SHUFFLE_MEMORY = 4 << 30
+UTF8_BOM = b"\xef\xbb\xbf"
 TOUCH_SHIFT = 12  # pass 1 also marks 4096-value blocks touched; a checkpoint reads only those
 
 RULES = {
@@ -171,11 +178,15 @@ RULES = {
                   "distinct values (MLPerf reference); vocab=train: train days only, a test "
                   "value unseen in training -> reserved id vocab_size - 1, vocab_size = "
                   "distinct + 1",
-    "dense": "missing -> 0; stored = max(x, -3) + 1 (HugeCTR raw +1 bias; values below -3 "
-             "clamped and counted); non-integer or int32 overflow is an error",
+    "dense": "missing -> 0; stored = max(x, 0), no bias (MLPerf reference data_utils.py "
+             "processCriteoAdData; HugeCTR dlrm_raw_utils.h); negatives counted; non-integer "
+             "or int32 overflow is an error",
     "split": "train = all lines of the train days in day order; test = the first ceil(L/2) "
              "lines of the test day (MLPerf reference numpy_to_binary midpoint)",
-    "order": "lines keep their input order (no shuffling)",
+    "order": "shuffle=total (default): the train samples in a uniform random permutation "
+             "from the seed (MLPerf reference: data_utils.py concatCriteoAdData, "
+             "--data-randomize=total); the test samples in file order; shuffle=none: train "
+             "days in order, lines in file order",
 }
 
 
@@ -183,7 +194,9 @@ class InputError(ValueError):
     """Bad input or options: the message names the file, line, field and value."""
 
 
-# Hooks for the tests: called as AFTER_DAY(pass_number, day) once a day is recorded done.
+# Hooks for the tests: called as AFTER_DAY(pass_number, day) once a day is recorded done; the
+# shuffle calls AFTER_DAY(3, scatter blocks done) at each checkpoint and AFTER_DAY(4, bucket)
+# once a bucket is written.
 AFTER_DAY = None
 
 # Set in the main process before the pool forks; the workers inherit them.
@@ -257,8 +270,10 @@ def _hex_column(arr, mod):
 def _parse_block(buf, mod):
     """Block of whole lines -> (label int64 [n], dense list of 13 int64 [n] (missing 0),
     hashed list of 26 uint32 [n]). Raises _BadBlock if any line is bad."""
-    # pyarrow's int64 parser also takes "0x1f"; no valid line holds an x (nor a \r).
-    if buf.find(b"\r") >= 0 or buf.find(b"x") >= 0 or buf.find(b"X") >= 0:
+    # pyarrow's int64 parser also takes "0x1f", and skips a UTF-8 byte-order mark at the start
+    # of every block; no valid line holds an x, a \r or a BOM.
+    if (buf.find(b"\r") >= 0 or buf.find(b"x") >= 0 or buf.find(b"X") >= 0
+            or buf.find(UTF8_BOM) >= 0):
         raise _BadBlock
     try:
         table = pacsv.read_csv(
@@ -279,7 +294,7 @@ def _parse_block(buf, mod):
     dense = []
     for arr in columns[1:1 + fmt.NUM_DENSE]:
         values = (arr.fill_null(0) if arr.null_count else arr).to_numpy()
-        if len(values) and values.max() > INT32_MAX - DENSE_BIAS:
+        if len(values) and values.max() > INT32_MAX:
             raise _BadBlock
         dense.append(values)
     hashed = [_hex_column(arr, mod) for arr in columns[1 + fmt.NUM_DENSE:]]
@@ -303,6 +318,8 @@ def _line_problem(line):
     """The first thing wrong with one line (bytes, no line end), or None."""
     if b"\r" in line:
         return "contains a carriage return (\\r); Criteo's files end lines with \\n only"
+    if UTF8_BOM in line:
+        return "contains a UTF-8 byte-order mark (bytes EF BB BF); Criteo's files have none"
     fields = line.split(b"\t")
     if len(fields) != NUM_FIELDS:
         return f"has {len(fields)} tab-separated fields, expected {NUM_FIELDS}"
@@ -316,9 +333,8 @@ def _line_problem(line):
             continue
         if not _INT_RE.fullmatch(value):
             return f"{_field(j)} {_show(fields[j])} is not an integer"
-        if int(value) > INT32_MAX - DENSE_BIAS:
-            return (f"{_field(j)} {int(value)} is too large: {int(value)} + {DENSE_BIAS} "
-                    f"does not fit int32")
+        if int(value) > INT32_MAX:
+            return f"{_field(j)} {int(value)} is too large (does not fit int32)"
         if int(value) < -(1 << 63):
             return f"{_field(j)} {int(value)} is too small (does not fit int64)"
     for j in range(1 + fmt.NUM_DENSE, NUM_FIELDS):
@@ -393,6 +409,24 @@ def _align(f, pos, size):
         start += len(data)
 
 
+def _read_gz(f, want, path, position):
+    """Up to `want` bytes of the gzip.GzipFile f (fewer only at the end of the stream), read
+    in pieces so that bad or truncated data is reported at the decompressed byte reached
+    (position: that of the first byte asked for)."""
+    pieces, got = [], 0
+    while got < want:
+        try:
+            piece = f.read1(want - got)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise InputError(f"{path}: bad gzip data after {position + got} decompressed "
+                             f"bytes: {err}") from None
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
 def _unit_blocks(unit, block_bytes):
     """Yields (block of whole lines, byte offset of the block in the file or decompressed
     stream), and adds the input bytes consumed to the shared progress counter."""
@@ -413,11 +447,10 @@ def _unit_blocks(unit, block_bytes):
         carry, offset, consumed = b"", start, raw.tell()
         while True:
             want = block_bytes if remaining is None else min(block_bytes, remaining)
-            try:
+            if gz:
+                data = _read_gz(f, want, path, offset + len(carry))
+            else:
                 data = f.read(want) if want > 0 else b""
-            except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-                raise InputError(f"{path}: bad gzip data after {offset + len(carry)} "
-                                 f"decompressed bytes: {err}") from None
             if remaining is not None:
                 if want > 0 and not data:
                     raise InputError(f"{path}: ended before byte {end} "
@@ -486,7 +519,7 @@ def _pass1_unit(task):
 
 def _pass2_unit(task):
     """Converts one chunk and writes its rows at out_first (in samples) of out_path.
-    -> (day, unit index, rows, dense values clamped per feature)."""
+    -> (day, unit index, rows, negative dense values clamped to 0, per feature)."""
     unit, block_bytes, out_path, out_first, expected, limit = task
     tables, unseen, mod = _G["tables"], _G["unseen"], _G["mod"]
     clamped = np.zeros(fmt.NUM_DENSE, np.int64)
@@ -509,11 +542,11 @@ def _pass2_unit(task):
             out = np.empty((n, NUM_FIELDS), fmt.RAW_DTYPE)
             out[:, 0] = label
             for j, values in enumerate(dense):
-                low = values < DENSE_CLAMP
+                low = values < DENSE_FLOOR
                 if low.any():
                     clamped[j] += int(low.sum())
-                    values = np.maximum(values, DENSE_CLAMP)
-                np.add(values, DENSE_BIAS, out=out[:, 1 + j], casting="unsafe")
+                    values = np.maximum(values, DENSE_FLOOR)
+                out[:, 1 + j] = values
             for f, values in enumerate(hashed):
                 column = out[:, 1 + fmt.NUM_DENSE + f]
                 np.subtract(tables[f][values], 1, out=column, dtype=np.int32, casting="unsafe")
@@ -645,7 +678,179 @@ def _build_tables(vocab_path):
     return tables
 
 
+# ----------------------------------------------------------------------------- shuffle
+
+SHUFFLE_BLOCK_ROWS = 1 << 18  # rows scattered at a time (40 MiB); the bucket draws depend on it
+SHUFFLE_SAVE_BLOCKS = 16  # scatter blocks between checkpoints (fsync + state.json)
+# Gather's memory per row: the bucket, its permuted copy, the permutation (int64).
+SHUFFLE_BYTES_PER_ROW = 2 * fmt.RAW_BYTES_PER_SAMPLE + 8
+
+
+def shuffle_buckets(num_samples, memory_bytes, block_rows):
+    """Bucket count K of the two-pass shuffle: a bucket (num_samples / K rows, 1.1x for the
+    random spread of the sizes) with its permuted copy, and a scatter block of block_rows
+    (with its grouped copy and draws), fit memory_bytes."""
+    least = 3 * block_rows * fmt.RAW_BYTES_PER_SAMPLE
+    if memory_bytes < least:
+        raise InputError(f"--shuffle_memory_bytes: {memory_bytes}, need at least {least} (the "
+                         f"scatter's blocks of {block_rows} samples)")
+    return max(1, -(-int(num_samples * SHUFFLE_BYTES_PER_ROW * 1.1) // memory_bytes))
+
+
+def _bucket_path(work, k):
+    return os.path.join(work.dir, f"shuffle_bucket_{k:05d}.bin")
+
+
+def _fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _scatter_block(work, rows, seed, block_index, bucket_rows, buckets):
+    """Appends each row of rows (int32 [n, 40]) to a bucket drawn uniformly at random (from
+    seed and block_index only); bucket_rows (int64 [K]) counts the rows of each bucket."""
+    draws = np.random.default_rng([seed, 0, block_index]).integers(0, buckets, len(rows))
+    order = np.argsort(draws, kind="stable")
+    counts = np.bincount(draws, minlength=buckets)
+    grouped = rows[order]
+    first = 0
+    for k in np.flatnonzero(counts):
+        part = grouped[first:first + counts[k]]
+        fd = os.open(_bucket_path(work, k), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, memoryview(part).cast("B"),
+                      int(bucket_rows[k]) * fmt.RAW_BYTES_PER_SAMPLE)
+        finally:
+            os.close(fd)
+        bucket_rows[k] += counts[k]
+        first += counts[k]
+
+
+def _shuffle_scatter(work, state, num_samples, seed, block_rows, progress):
+    """Pass 3a: train_data.bin.partial (in day order) -> K bucket files, resumable at the
+    last checkpoint (bucket files cut back to the sizes it recorded)."""
+    sh = state["shuffle"]
+    buckets = sh["buckets"]
+    bucket_rows = np.asarray(sh["bucket_rows"], np.int64)
+    for k in range(buckets):  # drop what was appended after the last checkpoint
+        size = int(bucket_rows[k]) * fmt.RAW_BYTES_PER_SAMPLE
+        if size or os.path.exists(_bucket_path(work, k)):
+            with open(_bucket_path(work, k), "ab") as f:
+                f.truncate(size)
+    source = np.memmap(work.train_partial, fmt.RAW_DTYPE, "r",
+                       shape=(num_samples, fmt.RAW_INTS_PER_SAMPLE))
+    block = sh["rows_scattered"] // block_rows
+    while block * block_rows < num_samples:
+        start = block * block_rows
+        rows = np.array(source[start:start + block_rows])
+        _scatter_block(work, rows, seed, block, bucket_rows, buckets)
+        block += 1
+        progress.update(min(block * block_rows, num_samples))
+        if block % SHUFFLE_SAVE_BLOCKS == 0 or block * block_rows >= num_samples:
+            for k in np.flatnonzero(bucket_rows):
+                _fsync_path(_bucket_path(work, k))
+            sh["bucket_rows"] = [int(c) for c in bucket_rows]
+            sh["rows_scattered"] = min(block * block_rows, num_samples)
+            work.save(state)
+            if AFTER_DAY is not None:
+                AFTER_DAY(3, block)
+    del source
+    sh["scatter_complete"] = True
+    work.save(state)
+    os.remove(work.train_partial)  # its rows are all in the buckets now: disk for the output
+
+
+def _shuffle_gather(work, state, seed, progress):
+    """Pass 3b: each bucket, permuted in memory (from seed and its index), written in bucket
+    order to train_data.bin.shuffled; resumable at the first bucket not recorded done."""
+    sh = state["shuffle"]
+    bucket_rows = sh["bucket_rows"]
+    total = sum(bucket_rows)
+    if sh["buckets_done"] == 0:
+        with open(work.train_shuffled, "wb") as f:
+            f.truncate(total * fmt.RAW_BYTES_PER_SAMPLE)
+    fd = os.open(work.train_shuffled, os.O_WRONLY)
+    try:
+        for k in range(sh["buckets_done"], sh["buckets"]):
+            first, n = sum(bucket_rows[:k]), bucket_rows[k]
+            if n:
+                rows = np.fromfile(_bucket_path(work, k), fmt.RAW_DTYPE)
+                if rows.size != n * fmt.RAW_INTS_PER_SAMPLE:
+                    raise InputError(f"{_bucket_path(work, k)}: {rows.size * 4} bytes, "
+                                     f"expected {n * fmt.RAW_BYTES_PER_SAMPLE}; delete "
+                                     f"{work.dir} or pass --overwrite")
+                rows = rows.reshape(n, fmt.RAW_INTS_PER_SAMPLE)
+                permuted = rows[np.random.default_rng([seed, 1, k]).permutation(n)]
+                del rows
+                os.pwrite(fd, memoryview(permuted).cast("B"),
+                          first * fmt.RAW_BYTES_PER_SAMPLE)
+                del permuted
+                os.fsync(fd)
+            sh["buckets_done"] = k + 1
+            work.save(state)
+            if AFTER_DAY is not None:
+                AFTER_DAY(4, k)
+            if os.path.exists(_bucket_path(work, k)):
+                os.remove(_bucket_path(work, k))
+            progress.update(first + n)
+    finally:
+        os.close(fd)
+
+
+def _shuffle_train(work, state, num_samples, progress_stream, progress_seconds):
+    """Pass 3: the train samples as a uniform random permutation (a two-pass, bucketed
+    Fisher-Yates-Rao shuffle): each sample to one of K buckets uniformly at random, then each
+    bucket permuted uniformly in memory and the buckets concatenated. Leaves the result as
+    work.train_partial. -> timings (s)."""
+    seed, block_rows = state["options"]["seed"], state["options"]["shuffle_block_rows"]
+    if "shuffle" not in state:
+        state["shuffle"] = {"buckets": shuffle_buckets(
+                                num_samples, state["options"]["shuffle_memory_bytes"],
+                                block_rows),
+                            "rows_scattered": 0, "bucket_rows": None,
+                            "scatter_complete": False, "buckets_done": 0}
+        state["shuffle"]["bucket_rows"] = [0] * state["shuffle"]["buckets"]
+        work.save(state)
+    sh, timings = state["shuffle"], {}
+    for name, step, complete in (
+            ("scatter", lambda p: _shuffle_scatter(work, state, num_samples, seed, block_rows,
+                                                   p),
+             sh["scatter_complete"]),
+            ("gather", lambda p: _shuffle_gather(work, state, seed, p),
+             sh["buckets_done"] == sh["buckets"])):
+        if complete:
+            continue
+        start = time.perf_counter()
+        progress = Progress(f"preprocess_criteo shuffle ({name}, {sh['buckets']} buckets)",
+                            num_samples, unit="M samples", scale=1e6,
+                            seconds=progress_seconds, stream=progress_stream)
+        step(progress)
+        timings[f"shuffle_{name}_s"] = time.perf_counter() - start
+    if os.path.exists(work.train_shuffled):
+        os.replace(work.train_shuffled, work.train_partial)
+    return timings
+
+
 # ----------------------------------------------------------------------------- orchestration
+
+def _shuffle_metadata(state):
+    """The metadata's record of the train samples' order: method, seed, bucket count."""
+    options = state["options"]
+    if options["shuffle"] == "none":
+        return {"method": "none (days in order, lines in file order)"}
+    return {"method": "total: uniform random permutation of the train samples, two-pass "
+                      "bucketed (Fisher-Yates-Rao): bucket of each sample drawn uniformly, "
+                      "each bucket permuted in memory, buckets concatenated",
+            "seed": options["seed"], "buckets": state["shuffle"]["buckets"],
+            "memory_bytes": options["shuffle_memory_bytes"],
+            "block_rows": options["shuffle_block_rows"],
+            "generator": f"numpy {np.__version__} default_rng (PCG64); bucket draws "
+                         f"default_rng([seed, 0, block]), permutations "
+                         f"default_rng([seed, 1, bucket])"}
+
 
 def parse_days(text):
     """'0-22' | '0,3,5-7' -> sorted tuple of distinct ints."""
@@ -670,6 +875,11 @@ def find_inputs(input_dir, days):
     paths = {}
     for day in days:
         candidates = [os.path.join(input_dir, f"day_{day}{ext}") for ext in ("", ".gz")]
+        for path in candidates:
+            if os.path.exists(path) and not os.path.isfile(path):
+                kind = "a directory" if os.path.isdir(path) else "not a regular file"
+                raise InputError(f"{path}: is {kind}, expected the day's TSV file (plain or "
+                                 f".gz)")
         found = [p for p in candidates if os.path.isfile(p)]
         if not found:
             raise InputError(f"{input_dir}: no day_{day} or day_{day}.gz")
@@ -727,6 +937,7 @@ class _Work:
         self.vocab_path = os.path.join(self.dir, "vocabulary.bin")
         self.train_partial = os.path.join(self.dir, TRAIN_NAME + ".partial")
         self.test_partial = os.path.join(self.dir, TEST_NAME + ".partial")
+        self.train_shuffled = os.path.join(self.dir, TRAIN_NAME + ".shuffled")
 
     def load(self):
         if not os.path.isfile(self.state_path):
@@ -750,8 +961,9 @@ def _remove_dead_temporaries(out_dir, work_dir, stream):
 
 def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, vocab="all",
                workers=None, hash_mod=HASH_MOD, chunk_bytes=DEFAULT_CHUNK_BYTES,
-               block_bytes=DEFAULT_BLOCK_BYTES, overwrite=False, progress_stream=sys.stderr,
-               progress_seconds=5.0):
+               block_bytes=DEFAULT_BLOCK_BYTES, overwrite=False, shuffle="total",
+               seed=DEFAULT_SEED, shuffle_memory_bytes=DEFAULT_SHUFFLE_MEMORY,
+               shuffle_block_rows=SHUFFLE_BLOCK_ROWS, allow_empty_days=False, progress_stream=sys.stderr, progress_seconds=5.0):
     """Converts INPUT_DIR's day files to OUT_DIR/{train,test}_data.bin; returns the metadata
     dict (also written to OUT_DIR/preprocess_metadata.json). See the module docstring."""
     say = (lambda text: (progress_stream.write(f"preprocess_criteo: {text}\n"),
@@ -765,6 +977,10 @@ def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, voc
         raise InputError(f"--test_day {test_day} is also a train day")
     if vocab not in ("all", "train"):
         raise InputError(f"--vocab: {vocab!r}, expected 'all' or 'train'")
+    if shuffle not in ("total", "none"):
+        raise InputError(f"--shuffle: {shuffle!r}, expected 'total' or 'none'")
+    if shuffle == "total":
+        shuffle_buckets(1, shuffle_memory_bytes, shuffle_block_rows)  # checks it up front
     if not 1 <= hash_mod <= INT32_MAX:
         raise InputError(f"--hash_mod: {hash_mod}, expected 1 .. {INT32_MAX}")
     if workers < 1 or chunk_bytes < 1 or block_bytes < 1:
@@ -790,7 +1006,10 @@ def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, voc
                              f"the outputs)")
 
     options = {"train_days": list(train_days), "test_day": test_day, "vocab": vocab,
-               "hash_mod": hash_mod, "chunk_bytes": chunk_bytes}
+               "hash_mod": hash_mod, "chunk_bytes": chunk_bytes, "shuffle": shuffle}
+    if shuffle == "total":
+        options.update(seed=seed, shuffle_memory_bytes=shuffle_memory_bytes,
+                       shuffle_block_rows=shuffle_block_rows)
     inputs = {str(d): _fingerprint(p) for d, p in paths.items()}
     state = work.load()
     if state is not None:
@@ -817,7 +1036,7 @@ def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, voc
     try:
         return _run_passes(input_dir, out_dir, paths, finals, work, state, train_days,
                            test_day, vocab, workers, hash_mod, chunk_bytes, block_bytes,
-                           progress_stream, progress_seconds, say)
+                           allow_empty_days, progress_stream, progress_seconds, say)
     except InputError:
         # Bad input data: fixing it changes the file, which restarts the run anyway, so
         # nothing of this run is worth keeping.
@@ -828,8 +1047,8 @@ def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, voc
 
 
 def _run_passes(input_dir, out_dir, paths, finals, work, state, train_days, test_day, vocab,
-                workers, hash_mod, chunk_bytes, block_bytes, progress_stream,
-                progress_seconds, say):
+                workers, hash_mod, chunk_bytes, block_bytes, allow_empty_days,
+                progress_stream, progress_seconds, say):
     vocab_days = train_days + ((test_day,) if vocab == "all" else ())
     all_days = train_days + (test_day,)
     _G.clear()
@@ -860,6 +1079,9 @@ def _run_passes(input_dir, out_dir, paths, finals, work, state, train_days, test
             lines[day][index] = n
             pending[day] -= 1
             if pending[day] == 0:
+                if sum(lines[day]) == 0 and not allow_empty_days:
+                    raise InputError(f"{paths[day]}: holds no lines (a failed download?); "
+                                     f"pass --allow_empty_days to accept an empty day")
                 if day in vocab_days:
                     _write_vocab(work.vocab_path, hash_mod, seen, touched)
                 p1["unit_lines"][str(day)] = lines[day]
@@ -975,6 +1197,13 @@ def _run_passes(input_dir, out_dir, paths, finals, work, state, train_days, test
         work.save(state)
         say(f"pass 2 done in {timings['pass2_s']:.1f} s")
 
+    # Pass 3: shuffle the train samples (the test day keeps its order, as the reference).
+    options = state["options"]
+    if options["shuffle"] == "total":
+        timings.update(_shuffle_train(work, state, train_samples, progress_stream,
+                                      progress_seconds))
+        say(f"shuffle done: {state['shuffle']['buckets']} buckets")
+
     # Finish: rename into place, metadata last, then remove the work directory.
     for partial, name in ((work.train_partial, TRAIN_NAME), (work.test_partial, TEST_NAME),
                           (work.vocab_path, VOCAB_NAME)):
@@ -992,8 +1221,7 @@ def _run_passes(input_dir, out_dir, paths, finals, work, state, train_days, test
         "rules": RULES,
         "hash_mod": hash_mod,
         "missing_categorical_hashed_value": MISSING_HASH,
-        "dense_bias": DENSE_BIAS,
-        "dense_clamp_below": DENSE_CLAMP,
+        "dense_floor": DENSE_FLOOR,
         "vocab": vocab,
         "vocab_days": list(vocab_days),
         "train_days": list(train_days),
@@ -1005,7 +1233,7 @@ def _run_passes(input_dir, out_dir, paths, finals, work, state, train_days, test
         "train_samples": train_samples,
         "test_samples": test_samples,
         "test_day_lines": test_lines,
-        "dense_clamped_below_-3": {FIELD_NAMES[1 + j]: int(c)
+        "dense_negative_clamped_to_0": {FIELD_NAMES[1 + j]: int(c)
                                    for j, c in enumerate(clamped_total) if c},
         "inputs": [dict(state["inputs"][str(d)], day=d, lines=day_lines[d]) for d in all_days],
         "outputs": {TRAIN_NAME: {"samples": train_samples,
@@ -1015,6 +1243,7 @@ def _run_passes(input_dir, out_dir, paths, finals, work, state, train_days, test
                     VOCAB_NAME: {"layout": "magic b'CRTOVOC1', uint64 hash_mod, 26 uint64 "
                                  "counts, then per feature its sorted <u4 hashed values; id i "
                                  "of feature f = its i-th value"}},
+        "shuffle": _shuffle_metadata(state),
         "options": {"chunk_bytes": chunk_bytes, "block_bytes": block_bytes},
         "timings_last_run_s": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -1043,6 +1272,19 @@ def main(argv=None):
                         help="plain input files are split into chunks of this size")
     parser.add_argument("--block_bytes", type=int, default=DEFAULT_BLOCK_BYTES,
                         help="bytes parsed at a time by a worker (its memory: ~16x this)")
+    parser.add_argument("--shuffle", choices=("total", "none"), default="total",
+                        help="'total': train samples in a uniform random permutation of days "
+                             "0-22's samples (MLPerf reference); 'none': file order")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of --shuffle=total's permutation")
+    parser.add_argument("--shuffle_memory_bytes", type=int, default=DEFAULT_SHUFFLE_MEMORY,
+                        help="memory for the shuffle's buckets (sets their number)")
+    parser.add_argument("--shuffle_block_rows", type=int, default=SHUFFLE_BLOCK_ROWS,
+                        help="samples the shuffle scatters at a time (the permutation depends "
+                             "on it, on --seed and on the bucket count)")
+    parser.add_argument("--allow_empty_days", action="store_true",
+                        help="accept a day file without lines (refused by default: usually "
+                             "a failed download)")
     parser.add_argument("--progress_seconds", type=float, default=5.0)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs and any unfinished run's state")
@@ -1051,6 +1293,10 @@ def main(argv=None):
         meta = preprocess(args.input_dir, args.out_dir, parse_days(args.train_days),
                           args.test_day, args.vocab, args.workers, args.hash_mod,
                           args.chunk_bytes, args.block_bytes, args.overwrite,
+                          shuffle=args.shuffle, seed=args.seed,
+                          shuffle_memory_bytes=args.shuffle_memory_bytes,
+                          shuffle_block_rows=args.shuffle_block_rows,
+                          allow_empty_days=args.allow_empty_days,
                           progress_seconds=args.progress_seconds)
     except InputError as err:
         print(f"preprocess_criteo.py: error: {err}", file=sys.stderr)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ MOD = 40_000_000
 # and 80M collide with 00000000 and with missing), 1-7 digit values.
 EDGE_HEX = ["00000000", "ffffffff", "FFFFFFFF", "02625a00", "02625A01", "04c4b400", "abcdef12",
             "ABCDEF12", "AbCdEf12", "0", "7", "1a", "02625a0"]
-FAST = dict(chunk_bytes=7000, block_bytes=2000, progress_stream=None, workers=2)
+# Small shuffle: 708 train samples -> 7 buckets, scattered 50 at a time.
+SHUFFLE = dict(shuffle_memory_bytes=40_000, shuffle_block_rows=50)
+FAST = dict(chunk_bytes=7000, block_bytes=2000, progress_stream=None, workers=2, **SHUFFLE)
 
 
 def _pools(rng):
@@ -96,7 +99,7 @@ def _by_hand(days, train_days, test_day, vocab):
 
     def convert(r):
         label, dense, cats = r
-        return ([label] + [max(x, -3) + 1 for x in dense]
+        return ([label] + [max(x, 0) for x in dense]
                 + [ids[f][v] if v in ids[f] else len(ids[f]) for f, v in enumerate(cats)])
 
     train = [convert(r) for d in train_days for r in rows[d]]
@@ -157,21 +160,25 @@ def test_matches_by_hand_conversion(dataset, whole, tmp_path, vocab):
     else:
         out = str(tmp_path / "out")
         meta = pc.preprocess(in_dir, out, train_days=[0, 1, 2], test_day=3, vocab=vocab,
-                             **FAST)
+                             shuffle="none", **FAST)
     out = Path(out)
     # The data holds every case: each edge value, missing fields of each kind, dense values
-    # below -3, test values never seen in training (both halves of the test day).
+    # below 0, test values never seen in training (both halves of the test day).
     fields = [line.split("\t") for d in (0, 1, 2) for line in days[d]]
     assert set(EDGE_HEX) <= {x for row in fields for x in row[14:]}
     assert all(any(row[j] == "" for row in fields) for j in range(1, 40))
-    assert any(int(x) < -3 for row in fields for x in row[1:14] if x)
+    assert any(int(x) < 0 for row in fields for x in row[1:14] if x)
     first_half = {x for line in days[3][:61] for x in line.split("\t")[14:]}
     second_half = {x for line in days[3][61:] for x in line.split("\t")[14:]}
     assert any(x.startswith("dead") for x in first_half)
     assert any(x.startswith("beef") for x in second_half)
     train, test, sizes = _by_hand(days, [0, 1, 2], 3, vocab)
-    assert _read_raw(out / "train_data.bin") == train
-    assert _read_raw(out / "test_data.bin") == test
+    got_train = _read_raw(out / "train_data.bin")
+    if vocab == "all":  # shuffled (the default): the same rows, in another order
+        assert sorted(got_train) == sorted(train) and got_train != train
+    else:
+        assert got_train == train
+    assert _read_raw(out / "test_data.bin") == test  # the test day keeps its order
     assert meta == json.load(open(out / "preprocess_metadata.json"))
     assert meta["vocab_sizes"] == sizes
     assert meta["train_samples"] == 230 + 301 + 177
@@ -182,7 +189,10 @@ def test_matches_by_hand_conversion(dataset, whole, tmp_path, vocab):
         os.path.getsize(os.path.join(in_dir, i["name"])) for i in meta["inputs"]]
     assert meta["hash_mod"] == MOD and meta["matches_criteo_tb"] is False
     assert meta["unseen_id"] == ([s - 1 for s in sizes] if vocab == "train" else None)
-    assert sum(meta["dense_clamped_below_-3"].values()) > 0
+    converted = fields + [line.split("\t") for line in days[3][:61]]
+    assert sum(meta["dense_negative_clamped_to_0"].values()) == sum(
+        1 for row in converted for x in row[1:14] if x and int(x) < 0)
+    assert meta["shuffle"]["method"].startswith("total" if vocab == "all" else "none")
     assert sorted(os.listdir(out)) == sorted(["train_data.bin", "test_data.bin",
                                               pc.METADATA_NAME, pc.VOCAB_NAME])
     # The vocabulary file: id i of feature f is its i-th smallest hashed value.
@@ -201,7 +211,7 @@ def test_matches_by_hand_conversion(dataset, whole, tmp_path, vocab):
     dict(workers=2, chunk_bytes=997, block_bytes=100)])  # every line straddles a boundary
 def test_workers_and_chunking_do_not_change_the_output(dataset, whole, tmp_path, options):
     a = pc.preprocess(dataset[0], str(tmp_path / "a"), [0, 1, 2], 3, progress_stream=None,
-                      **options)
+                      **options, **SHUFFLE)
     assert a["vocab_sizes"] == whole[1]["vocab_sizes"]
     for name in ["train_data.bin", "test_data.bin", pc.VOCAB_NAME]:
         assert _read_bytes(tmp_path / "a" / name) == _read_bytes(os.path.join(whole[0], name))
@@ -215,7 +225,8 @@ def test_round_trip_through_split_bin(dataset, whole, tmp_path):
                     meta["vocab_sizes"], progress_stream=None)
     split_meta = fmt.read_metadata(str(tmp_path / "split"))
     assert split_meta["num_samples"] == len(train)
-    expected = np.asarray(train)
+    expected = np.asarray(_read_raw(os.path.join(raw_dir, "train_data.bin")))
+    assert sorted(expected.tolist()) == sorted(train)  # the by-hand rows, shuffled
     got_label = np.fromfile(tmp_path / "split" / fmt.LABEL_FILE, fmt.LABEL_DTYPE)
     np.testing.assert_array_equal(got_label, expected[:, 0])
     got_dense = np.fromfile(tmp_path / "split" / fmt.DENSE_FILE, fmt.DENSE_DTYPE).reshape(-1, 13)
@@ -258,7 +269,8 @@ BAD_LINES = [
     (_replace(0, ""), "label is empty (missing)"),
     (_replace(2, "1.5"), "field 3 (I2) '1.5' is not an integer"),
     (_replace(13, "0x10"), "field 14 (I13) '0x10' is not an integer"),
-    (_replace(5, "2147483647"), "field 6 (I5) 2147483647 is too large"),
+    (_replace(5, "2147483648"), "field 6 (I5) 2147483648 is too large"),
+    (lambda fields: "\ufeff" + "\t".join(fields), "contains a UTF-8 byte-order mark"),
     (_replace(5, "99999999999999999999"), "field 6 (I5) 99999999999999999999 is too large"),
     (lambda fields: "\t".join(fields) + "\r", "carriage return"),
     (lambda fields: "", "has 1 tab-separated fields"),
@@ -315,10 +327,11 @@ def _kill_after(in_dir, out_dir, pass_number, day):
     code = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); import preprocess_criteo "
             "as p; stop = (int(sys.argv[2]), int(sys.argv[3])); p.AFTER_DAY = lambda ps, d: "
             "os.kill(os.getpid(), signal.SIGKILL) if (ps, d) == stop else None; "
-            "sys.exit(p.main(sys.argv[4:]))")
+            "p.SHUFFLE_SAVE_BLOCKS = 2; sys.exit(p.main(sys.argv[4:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(pass_number), str(day),
                              in_dir, out_dir, "--train_days=0-2", "--test_day=3", "--workers=2",
-                             "--chunk_bytes=7000", "--block_bytes=2000"],
+                             "--chunk_bytes=7000", "--block_bytes=2000",
+                             "--shuffle_memory_bytes=40000", "--shuffle_block_rows=50"],
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = proc.communicate(timeout=120)
     try:  # the workers die with it (PR_SET_PDEATHSIG); make sure, by this session's id
@@ -328,7 +341,7 @@ def _kill_after(in_dir, out_dir, pass_number, day):
     assert proc.returncode == -signal.SIGKILL, err
 
 
-@pytest.mark.parametrize("pass_number,day", [(1, 1), (2, 1)])
+@pytest.mark.parametrize("pass_number,day", [(1, 1), (2, 1), (3, 4), (4, 2)])
 def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, pass_number, day):
     in_dir, _ = dataset
     out = str(tmp_path / "killed")
@@ -336,7 +349,12 @@ def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, pass_n
     assert not os.path.exists(os.path.join(out, "train_data.bin"))
     assert not os.path.exists(os.path.join(out, "test_data.bin"))
     state = json.load(open(os.path.join(out, pc.WORK_NAME, "state.json")))
-    assert day in state[f"pass{pass_number}"]["days_done"]
+    if pass_number == 3:  # killed within the scatter, after its checkpoint of 4 blocks
+        assert state["shuffle"]["rows_scattered"] == 200
+    elif pass_number == 4:  # killed within the gather, after bucket 2
+        assert state["shuffle"]["buckets_done"] == 3
+    else:
+        assert day in state[f"pass{pass_number}"]["days_done"]
     # A rerun without --overwrite resumes; days already done are not redone.
     redone = []
     pc.AFTER_DAY = lambda ps, d: redone.append((ps, d))
@@ -349,6 +367,8 @@ def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, pass_n
     assert "resuming: pass 1 days done" in log.getvalue()
     done_before = {(p, d) for p in (1, 2) for d in state[f"pass{p}"]["days_done"]}
     assert done_before and not done_before & set(redone)
+    if pass_number == 4:  # the buckets already written are not written again
+        assert min(d for p, d in redone if p == 4) == 3
     for name in ["train_data.bin", "test_data.bin", pc.VOCAB_NAME]:
         assert _read_bytes(os.path.join(out, name)) == _read_bytes(os.path.join(whole[0], name))
 
@@ -415,7 +435,7 @@ def test_interrupted_run_with_changed_input_or_options(dataset, tmp_path):
     assert "inputs changed since the unfinished run (day_0): starting over" in log.getvalue()
     train, test, sizes = _by_hand({**days, 0: lines}, [0, 1, 2], 3, "all")
     assert meta["vocab_sizes"] == sizes
-    assert _read_raw(os.path.join(out, "train_data.bin")) == train
+    assert sorted(_read_raw(os.path.join(out, "train_data.bin"))) == sorted(train)
     # A finished output is not replaced without --overwrite.
     with pytest.raises(pc.InputError, match="already exists"):
         pc.preprocess(str(copy_dir), out, [0, 1, 2], 3, **FAST)
@@ -437,3 +457,104 @@ def test_option_and_path_errors(dataset, tmp_path):
     (tmp_path / "both" / "day_0.gz").write_bytes(gzip.compress(b""))
     with pytest.raises(pc.InputError, match="both day_0 and day_0.gz"):
         pc.find_inputs(str(tmp_path / "both"), [0])
+
+
+def _positions(rows, by_hand):
+    """-> int array: position in rows of each by-hand row (every row exactly once)."""
+    index = {tuple(r): i for i, r in enumerate(rows)}
+    assert len(index) == len(rows) == len(by_hand)  # distinct rows: positions are defined
+    return np.asarray([index[tuple(r)] for r in by_hand])
+
+
+def test_shuffle_is_a_seeded_permutation_spread_over_the_file(dataset, whole, tmp_path):
+    in_dir, days = dataset
+    train, _, _ = _by_hand(days, [0, 1, 2], 3, "all")
+    got = _read_raw(os.path.join(whole[0], "train_data.bin"))
+    where = _positions(got, train)  # raises KeyError if a row is not a by-hand row
+    assert sorted(where.tolist()) == list(range(len(train)))
+    assert whole[1]["shuffle"]["seed"] == 123 and whole[1]["shuffle"]["buckets"] == 7
+    # Every day's samples over the whole file: each quarter holds >= 10% of each day (25%
+    # expected; the seed is fixed, so this is deterministic), and input order is gone.
+    first = 0
+    for n in (230, 301, 177):
+        quarters = np.bincount(where[first:first + n] * 4 // len(train), minlength=4)
+        assert (quarters >= 0.1 * n).all(), quarters
+        first += n
+    assert abs(np.corrcoef(np.arange(len(train)), where)[0, 1]) < 0.15
+    # Another seed: the same rows in another order.
+    other = pc.preprocess(in_dir, str(tmp_path / "s124"), [0, 1, 2], 3, seed=124, **FAST)
+    got_124 = _read_raw(tmp_path / "s124" / "train_data.bin")
+    assert other["shuffle"]["seed"] == 124
+    assert sorted(got_124) == sorted(train) and got_124 != got
+
+
+def test_shuffle_places_a_sample_uniformly(tmp_path):
+    """The two passes alone, 6 samples in 3 buckets over 600 seeds: each sample lands at each
+    position ~100 times (binomial sd 9; the bounds are 4.5 sd)."""
+    rows = np.arange(6 * 40, dtype="<i4").reshape(6, 40)
+    counts = np.zeros((6, 6), np.int64)  # [sample, position]
+    for seed in range(600):
+        work = pc._Work(str(tmp_path / f"s{seed}"))
+        os.makedirs(work.dir)
+        rows.tofile(work.train_partial)
+        state = {"options": {"seed": seed, "shuffle_block_rows": 1,
+                             "shuffle_memory_bytes": 750}}
+        pc._shuffle_train(work, state, 6, None, 1.0)
+        assert state["shuffle"]["buckets"] == 3
+        out = np.fromfile(work.train_partial, "<i4").reshape(6, 40)
+        counts[out[:, 0] // 40, np.arange(6)] += 1
+        assert sorted(os.listdir(work.dir)) == ["state.json", "train_data.bin.partial"]
+    assert (counts.sum(axis=0) == 600).all()
+    assert counts.min() >= 60 and counts.max() <= 140, counts
+
+
+@pytest.mark.parametrize("name,content", [
+    ("day_2", b""), ("day_2.gz", b""), ("day_2.gz", gzip.compress(b""))])
+def test_an_empty_day_is_refused_unless_allowed(dataset, tmp_path, name, content):
+    in_dir, days = dataset
+    copy_dir = tmp_path / "in"
+    copy_dir.mkdir()
+    for other in os.listdir(in_dir):
+        if not other.startswith("day_2"):
+            (copy_dir / other).write_bytes(_read_bytes(os.path.join(in_dir, other)))
+    (copy_dir / name).write_bytes(content)
+    out = tmp_path / "out"
+    with pytest.raises(pc.InputError, match=rf"{copy_dir}/{name}: holds no lines \(a failed "
+                                            rf"download\?\); pass --allow_empty_days"):
+        pc.preprocess(str(copy_dir), str(out), [0, 1, 2], 3, **FAST)
+    assert os.listdir(out) == []
+    meta = pc.preprocess(str(copy_dir), str(out), [0, 1, 2], 3, allow_empty_days=True, **FAST)
+    assert meta["train_samples"] == 230 + 301 and meta["inputs"][2]["lines"] == 0
+
+
+@pytest.mark.parametrize("chunk_bytes", [7000, 1 << 20])
+@pytest.mark.parametrize("line_index", [0, 99])
+def test_a_byte_order_mark_is_refused_at_any_line_and_chunking(dataset, tmp_path, chunk_bytes,
+                                                               line_index):
+    in_dir, _ = dataset
+    bad_dir = _with_bad_line(in_dir, tmp_path, 0, line_index,
+                             lambda fields: "\ufeff" + "\t".join(fields))
+    with pytest.raises(pc.InputError, match=rf"{bad_dir}/day_0: line {line_index + 1} "
+                                            rf"\(byte \d+\): contains a UTF-8 byte-order mark"):
+        pc.preprocess(bad_dir, str(tmp_path / "out"), [0, 1, 2], 3,
+                      **{**FAST, "chunk_bytes": chunk_bytes, "block_bytes": chunk_bytes})
+
+
+def test_a_directory_day_and_a_truncated_gz_are_named(dataset, tmp_path):
+    in_dir, _ = dataset
+    (tmp_path / "dirs" / "day_5").mkdir(parents=True)
+    with pytest.raises(pc.InputError, match=rf"{tmp_path}/dirs/day_5: is a directory, expected "
+                                            rf"the day's TSV file"):
+        pc.find_inputs(str(tmp_path / "dirs"), [5])
+    copy_dir = tmp_path / "in"
+    copy_dir.mkdir()
+    for name in os.listdir(in_dir):
+        data = _read_bytes(os.path.join(in_dir, name))
+        if name == "day_1.gz":
+            data = data[:len(data) * 2 // 3]
+            reached = len(zlib.decompressobj(31).decompress(data))  # what zlib gets out of it
+            assert reached > 0
+        (copy_dir / name).write_bytes(data)
+    with pytest.raises(pc.InputError, match=rf"{copy_dir}/day_1.gz: bad gzip data after "
+                                            rf"{reached} decompressed bytes"):
+        pc.preprocess(str(copy_dir), str(tmp_path / "out"), [0, 1, 2], 3, **FAST)
