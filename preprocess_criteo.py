@@ -740,12 +740,16 @@ def _shuffle_scatter(work, state, num_samples, seed, block_rows, progress):
         if size or os.path.exists(_bucket_path(work, k)):
             with open(_bucket_path(work, k), "ab") as f:
                 f.truncate(size)
-    source = np.memmap(work.train_partial, fmt.RAW_DTYPE, "r",
-                       shape=(num_samples, fmt.RAW_INTS_PER_SAMPLE))
     block = sh["rows_scattered"] // block_rows
     while block * block_rows < num_samples:
         start = block * block_rows
-        rows = np.array(source[start:start + block_rows])
+        count = min(block_rows, num_samples - start) * fmt.RAW_INTS_PER_SAMPLE
+        rows = np.fromfile(work.train_partial, fmt.RAW_DTYPE, count=count,
+                           offset=start * fmt.RAW_BYTES_PER_SAMPLE)
+        if rows.size != count:
+            raise InputError(f"{work.train_partial}: shorter than its {num_samples} samples; "
+                             f"delete {work.dir} or pass --overwrite")
+        rows = rows.reshape(-1, fmt.RAW_INTS_PER_SAMPLE)
         _scatter_block(work, rows, seed, block, bucket_rows, buckets)
         block += 1
         progress.update(min(block * block_rows, num_samples))
@@ -757,7 +761,6 @@ def _shuffle_scatter(work, state, num_samples, seed, block_rows, progress):
             work.save(state)
             if AFTER_DAY is not None:
                 AFTER_DAY(3, block)
-    del source
     sh["scatter_complete"] = True
     work.save(state)
     os.remove(work.train_partial)  # its rows are all in the buckets now: disk for the output

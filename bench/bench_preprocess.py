@@ -2,6 +2,8 @@
 
     python3 bench/bench_preprocess.py WORK_DIR [--megabytes=300] [--workers=1,2] [--gzip]
     python3 bench/bench_preprocess.py WORK_DIR --memory_check
+    python3 bench/bench_preprocess.py WORK_DIR --shuffle_check [--shuffle_megabytes=640]
+        [--shuffle_memory_bytes=268435456]
 
 Generates (once) Criteo-shaped TSV days in WORK_DIR/tsv: 3 train days and a test day,
 label with a 3.4% click rate, 13 dense columns of heavy-tailed integers (I2 with a few
@@ -16,11 +18,16 @@ other processes that share the cores).
 vocabulary sizes: the pass-1 seen arrays (filled to those sizes) and their checkpoint, then
 the pass-2 tables, and one worker's own memory (both passes over one day with tiny tables);
 each in its own process, peak RSS (shared pages included) from /proc/self/status VmHWM.
+
+--shuffle_check times the train shuffle (pass 3: scatter to buckets, permute each bucket) on a
+raw file of --shuffle_megabytes of random rows, with --shuffle_memory_bytes setting the bucket
+count, in its own process: MB/s of each step and its peak RSS over the imports.
 """
 
 import argparse
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 
@@ -147,6 +154,40 @@ def _memory_worker(path, queue):
     queue.put(("worker", start, None, _peak_rss_mb(), None, None))
 
 
+def _shuffle_run(work_dir, megabytes, memory_bytes, queue):
+    work = pc._Work(work_dir)
+    os.makedirs(work.dir, exist_ok=True)
+    n = int(megabytes * 1e6) // fmt.RAW_BYTES_PER_SAMPLE
+    rng = np.random.default_rng(0)
+    with open(work.train_partial, "wb") as f:
+        for first in range(0, n, 1 << 16):  # small pieces: a low peak before the shuffle
+            rng.integers(0, 1 << 20, (min(1 << 16, n - first), 40), np.int32).tofile(f)
+    start = _peak_rss_mb()
+    state = {"options": {"seed": 123, "shuffle_block_rows": pc.SHUFFLE_BLOCK_ROWS,
+                         "shuffle_memory_bytes": memory_bytes}}
+    timings = pc._shuffle_train(work, state, n, None, 10.0)
+    peak = _peak_rss_mb()
+    shutil.rmtree(work_dir)
+    queue.put((n, state["shuffle"]["buckets"], timings, start, peak))
+
+
+def shuffle_check(work_dir, megabytes, memory_bytes):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_shuffle_run,
+                       args=(os.path.join(work_dir, "shuffle"), megabytes, memory_bytes, queue))
+    proc.start()
+    n, buckets, timings, start, peak = queue.get()
+    proc.join()
+    mb = n * fmt.RAW_BYTES_PER_SAMPLE / 1e6
+    print(f"shuffle of {n} samples ({mb:.0f} MB), --shuffle_memory_bytes={memory_bytes} -> "
+          f"{buckets} buckets: scatter {timings['shuffle_scatter_s']:.2f} s "
+          f"({mb / timings['shuffle_scatter_s']:.0f} MB/s), gather "
+          f"{timings['shuffle_gather_s']:.2f} s ({mb / timings['shuffle_gather_s']:.0f} MB/s); "
+          f"peak RSS {peak:.0f} MiB (+{peak - start:.0f} MiB over the imports and the "
+          f"input's generation); load average {os.getloadavg()[0]:.1f}")
+
+
 def memory_check(work_dir):
     vocab_path = os.path.join(work_dir, "memory_check_vocabulary.bin")
     ctx = multiprocessing.get_context("fork")
@@ -179,10 +220,16 @@ def main():
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--gzip", action="store_true", help="also time .gz copies of the days")
     parser.add_argument("--memory_check", action="store_true")
+    parser.add_argument("--shuffle_check", action="store_true")
+    parser.add_argument("--shuffle_megabytes", type=float, default=640.0)
+    parser.add_argument("--shuffle_memory_bytes", type=int, default=256 << 20)
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     if args.memory_check:
         memory_check(args.work_dir)
+        return
+    if args.shuffle_check:
+        shuffle_check(args.work_dir, args.shuffle_megabytes, args.shuffle_memory_bytes)
         return
     tsv = os.path.join(args.work_dir, "tsv")
     paths = generate(tsv, args.megabytes)
