@@ -366,12 +366,15 @@ def _check_files(meta, meta_path):
 
 class Checkpoints:
     """The checkpoints of `trainer` (a trainer.Trainer, its model built) in `directory`, which
-    this process locks (lock_directory: a collective) unless it already holds it."""
+    this process locks (lock_directory: a collective) unless it already holds it.
+    batch_shuffle_seed: the training data's shuffle seed (None: batches in file order), which
+    a resumed run must share to continue the same batch order."""
 
-    def __init__(self, directory, trainer, log=print):
+    def __init__(self, directory, trainer, log=print, batch_shuffle_seed=None):
         lock_directory(directory, log)
         self.directory = directory
         self.trainer = trainer
+        self.batch_shuffle_seed = batch_shuffle_seed
 
     def _must_match(self, batches_per_epoch):
         """What a resumed run must share with the saved one (JSON values)."""
@@ -380,7 +383,8 @@ class Checkpoints:
                 "batches_per_epoch": batches_per_epoch,
                 "vocab_sizes": list(model.vocab_sizes),
                 "embedding_dim": model.embedding.dim,
-                "table_layout": model.embedding.checkpoint_layout}
+                "table_layout": model.embedding.checkpoint_layout,
+                "batch_shuffle_seed": self.batch_shuffle_seed}
 
     def latest(self):
         """-> the newest complete checkpoint's path, or None."""

@@ -6,7 +6,9 @@ Every dataset yields, per step, `((dense, categorical), label)` as TF tensors:
     label        float32 [B, 1]
 Rank r of N, with per-rank batch B and global batch G = N * B, reads samples
 [i*G + r*B, i*G + (r+1)*B) for global batch i (the seed's layout). Training drops the last
-incomplete global batch. Evaluation keeps it, spread over the ranks as evenly as possible
+incomplete global batch and, with a shuffle seed, visits the global batches in a permutation
+that is a function of (seed, epoch) only (batch_order). Evaluation keeps the last
+incomplete global batch, spread over the ranks as evenly as possible
 (rank r reads q + (r < m) samples, q, m = divmod(rest, N)) and padded so that every rank's
 last batch has the same q + (m > 0) rows: SOK needs the same number of keys from every rank
 in a lookup. Padding rows have dense 0, ids 0 and the label PAD_LABEL, which no sample has;
@@ -44,6 +46,12 @@ def batch_ranges(num_samples, batch_size, rank, num_ranks, drop_remainder):
         ranges.append((full * global_batch + rank * q + min(rank, m), q + (rank < m),
                        q + (m > 0)))
     return ranges
+
+
+def batch_order(num_batches, seed, epoch):
+    """-> int64 [num_batches]: the order of the global batches in `epoch`, a permutation drawn
+    from (seed, epoch) alone, so every rank and a resumed run get the same one."""
+    return np.random.default_rng([seed, epoch]).permutation(num_batches)
 
 
 def pad_batch(dense, categorical, label, rows):
@@ -107,10 +115,15 @@ class SplitDataset:
     prefetch: batches read ahead in a background thread (0 reads in the caller's thread).
     device: where the batches are put (e.g. "/GPU:0"), by the prefetch thread, ahead of the
       step that takes them; None leaves them in host memory.
+    shuffle_seed: None reads the global batches in file order; an integer reads them in
+      batch_order(len(self), shuffle_seed, epoch) (training only: every rank still reads its
+      slice of the same global batch).
     """
 
     def __init__(self, data_dir, batch_size, rank=0, num_ranks=1, training=True, prefetch=4,
-                 device=None):
+                 device=None, shuffle_seed=None):
+        if shuffle_seed is not None and not training:
+            raise ValueError("shuffle_seed is for training data (evaluation reads in order)")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < num_ranks:
@@ -122,6 +135,7 @@ class SplitDataset:
         self.batch_size = batch_size
         self.prefetch = prefetch
         self.device = device
+        self.shuffle_seed = shuffle_seed
         if training and batch_size * num_ranks > self.num_samples:
             raise ValueError(f"{data_dir}: global batch {batch_size * num_ranks} "
                              f"({num_ranks} ranks x {batch_size}) is larger than the dataset "
@@ -185,9 +199,13 @@ class SplitDataset:
     def __iter__(self):
         return self.batches()
 
-    def batches(self, start=0):
-        """One epoch's batches from batch `start` on (a resumed run skips without reading)."""
-        ranges = self._ranges[start:]
+    def batches(self, start=0, epoch=0):
+        """Epoch `epoch`'s batches from its batch `start` on (a resumed run skips without
+        reading)."""
+        ranges = self._ranges
+        if self.shuffle_seed is not None:
+            ranges = [ranges[i] for i in batch_order(len(ranges), self.shuffle_seed, epoch)]
+        ranges = ranges[start:]
         if self.prefetch > 0:
             return _Prefetcher(ranges, self._make_batch, self.prefetch)
         return map(self._make_batch, ranges)
@@ -233,6 +251,6 @@ class SyntheticDataset:
     def __iter__(self):
         return self.batches()
 
-    def batches(self, start=0):
-        """One epoch's batches from batch `start` on."""
+    def batches(self, start=0, epoch=0):
+        """One epoch's batches from batch `start` on (every epoch cycles the same batches)."""
         return (self._batches[i % len(self._batches)] for i in range(start, self._num_batches))

@@ -67,6 +67,12 @@ flags.DEFINE_bool("allreduce_fp16", False, "Compress dense gradients to float16 
 flags.DEFINE_integer("synthetic_steps", 1000, "Steps per epoch of --use_synthetic_dataset.")
 flags.DEFINE_integer("synthetic_eval_steps", 10, "Eval batches of --use_synthetic_dataset.")
 flags.DEFINE_integer("prefetch", 4, "Batches read ahead per rank.")
+flags.DEFINE_bool("shuffle_batches", None, "Visit the global training batches in a new order "
+                  "each epoch, a permutation of (--shuffle_seed, epoch), the same on every "
+                  "rank and under --resume (the MLPerf reference's --mlperf-bin-shuffle). "
+                  "Default: on with --data_dir, off with --use_synthetic_dataset (which it "
+                  "excludes).")
+flags.DEFINE_integer("shuffle_seed", 0, "Seed of --shuffle_batches' permutations.")
 flags.DEFINE_integer("log_interval", 100, "Steps between log lines.")
 flags.DEFINE_string("results_json", None, "Write the report (rank 0) to this JSON file (its "
                     "directory must exist; checked at start, a failure at the end warns).")
@@ -131,6 +137,10 @@ flags.register_multi_flags_validator(
     lambda f: not (f["data_dir"] and f["use_synthetic_dataset"]),
     "--data_dir and --use_synthetic_dataset exclude each other (synthetic batches read no "
     "files): give one")
+flags.register_multi_flags_validator(
+    ["shuffle_batches", "use_synthetic_dataset"],
+    lambda f: not (f["shuffle_batches"] and f["use_synthetic_dataset"]),
+    "--shuffle_batches is for --data_dir (synthetic batches are random already)")
 flags.register_multi_flags_validator(
     ["vocab_sizes", "use_synthetic_dataset"],
     lambda f: f["vocab_sizes"] is None or f["use_synthetic_dataset"],
@@ -329,6 +339,7 @@ def train():
     say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
     summary_writer = _claim_outputs(tf, hvd, fmt, checkpoint, say)
 
+    shuffle_seed = None  # the training batches' order: file order
     if FLAGS.use_synthetic_dataset:
         vocab_sizes = fmt.parse_vocab_sizes(FLAGS.vocab_sizes or "criteo_tb")
         train_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_steps,
@@ -337,9 +348,12 @@ def train():
                                              seed=world + hvd.rank(), device=input_device)
     else:
         try:
+            if FLAGS.shuffle_batches is not False:  # on by default for real data
+                shuffle_seed = FLAGS.shuffle_seed
             train_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "train"), batch,
                                               hvd.rank(), world, training=True,
-                                              prefetch=FLAGS.prefetch, device=input_device)
+                                              prefetch=FLAGS.prefetch, device=input_device,
+                                              shuffle_seed=shuffle_seed)
             eval_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "test"), batch,
                                              hvd.rank(), world, training=False,
                                              prefetch=FLAGS.prefetch, device=input_device)
@@ -403,7 +417,9 @@ def train():
                                allreduce_fp16=FLAGS.allreduce_fp16, jit_compile=FLAGS.xla)
     checkpoints = resume_from = None
     if FLAGS.checkpoint_dir:
-        checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer)  # locked above
+        checkpoints = checkpoint.Checkpoints(  # locked above
+            FLAGS.checkpoint_dir, trainer,
+            batch_shuffle_seed=shuffle_seed)
         resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0,  # rank 0 decides
                                            name="resume_from")
         if resume_from and not FLAGS.resume:

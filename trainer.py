@@ -391,7 +391,7 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
         epoch, epoch_step = epoch + 1, 0
     while epoch < epochs and not stop:
         segment_start, segment_steps = time.perf_counter(), 0
-        batches = iter(train_dataset.batches(epoch_step))
+        batches = iter(train_dataset.batches(epoch_step, epoch))
         while True:
             with phases("input"):
                 batch = next(batches, None)

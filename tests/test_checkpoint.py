@@ -96,8 +96,10 @@ def amp_policy():
 def test_resume_in_process_equals_the_uninterrupted_run_with_amp(data_dir, tmp_path,
                                                                  amp_policy):
     """9 steps against 6 (the end of epoch 0) + save + resume into a model initialised
-    differently + 3 (epoch 1): same weights, tables, schedule position, loss scale state."""
-    train = dataset.SplitDataset(os.path.join(data_dir, "train"), GLOBAL_BATCH, prefetch=2)
+    differently + 3 (epoch 1): same weights, tables, schedule position, loss scale state.
+    The batches are shuffled: epoch 1 continues in its own order."""
+    train = dataset.SplitDataset(os.path.join(data_dir, "train"), GLOBAL_BATCH, prefetch=2,
+                                 shuffle_seed=5)
     whole_lines, resumed_lines = [], []
     whole = _trainer(seed=0, amp=True)
     training.fit(whole, train, None, epochs=2, max_steps=9, log_interval=1,
@@ -199,6 +201,14 @@ def test_main_resumes_on_2_ranks_and_reshards_2_to_1_and_1_to_2(data_dir, tmp_pa
     _run(data_dir, tmp_path / "one", 5, 1)
     shutil.copytree(tmp_path / "two", tmp_path / "two_to_one")
     shutil.copytree(tmp_path / "one", tmp_path / "one_at_5")
+    # main.py shuffles the batches by default (--shuffle_seed=0); another seed cannot continue.
+    shutil.copytree(tmp_path / "two", tmp_path / "two_seed_1")
+    proc = run_main(f"--data_dir={data_dir}", *MAIN_FLAGS, "--early_stop=8", "--resume",
+                    f"--checkpoint_dir={tmp_path / 'two_seed_1'}", "--shuffle_seed=1",
+                    num_ranks=1)
+    assert proc.returncode != 0
+    assert "batch_shuffle_seed is 0, this run has 1: it cannot continue" in proc.stderr, \
+        proc.stderr
     resumed_log = _run(data_dir, tmp_path / "two", 8, 2, "--resume")
     _run(data_dir, tmp_path / "two_to_one", 8, 1, "--resume")
     _run(data_dir, tmp_path / "one", 8, 2, "--resume")

@@ -248,3 +248,41 @@ def test_batches_put_on_a_device_carry_int64_ids():
     np.testing.assert_array_equal(ids.numpy(), host_ids.numpy())
     np.testing.assert_array_equal(dense.numpy(), host_dense.numpy())
     np.testing.assert_array_equal(label.numpy(), host_label.numpy())
+
+
+def test_shuffled_batch_order_is_one_permutation_on_every_rank_and_under_resume(tmp_path, rng):
+    """3 ranks x 4 samples, 101 samples: 8 global batches (5 samples dropped). Per epoch the
+    ranks read slices of the same global batches, in a permutation of them that depends on
+    (seed, epoch) only; batches(start, epoch) is that epoch's tail."""
+    data_dir, raw = _make_split(tmp_path, rng, 101)
+    ranks = [dataset.SplitDataset(data_dir, 4, r, 3, prefetch=0, shuffle_seed=7)
+             for r in range(3)]
+    orders = []
+    for epoch in range(3):
+        global_batches = []  # per step, the 12 samples' ids as the 3 ranks read them
+        for batches in zip(*(ds.batches(0, epoch) for ds in ranks)):
+            global_batches.append(np.concatenate([b[0][1].numpy() for b in batches]))
+        # Which global batch of the file each step read (a by-hand slice of the raw rows).
+        order = []
+        for ids in global_batches:
+            matches = [i for i in range(8) if np.array_equal(ids, raw[12 * i:12 * i + 12, 14:])]
+            assert len(matches) == 1  # the ranks' slices form one global batch, in rank order
+            order.append(matches[0])
+        assert sorted(order) == list(range(8))
+        assert order == dataset.batch_order(8, 7, epoch).tolist()
+        orders.append(order)
+        for start in (1, 5, 8):  # a resumed epoch: the same order from batch `start` on
+            tail = [b[0][1].numpy() for b in ranks[1].batches(start, epoch)]
+            assert len(tail) == 8 - start
+            for ids, i in zip(tail, order[start:]):
+                np.testing.assert_array_equal(ids, raw[12 * i + 4:12 * i + 8, 14:])
+    assert orders[0] != orders[1] != orders[2] and orders[0] != list(range(8))
+    again = dataset.SplitDataset(data_dir, 4, 0, 3, prefetch=2, shuffle_seed=7)
+    first = [b[0][1].numpy() for b in again.batches(0, 1)]
+    assert all(np.array_equal(a, raw[12 * i:12 * i + 4, 14:]) for a, i in zip(first, orders[1]))
+    assert dataset.batch_order(8, 8, 0).tolist() != orders[0]  # another seed, another order
+    unshuffled = dataset.SplitDataset(data_dir, 4, 0, 3, prefetch=0)
+    assert [b[0][1].numpy().tolist() for b in unshuffled.batches(0, 2)] == [
+        raw[12 * i:12 * i + 4, 14:].tolist() for i in range(8)]
+    with pytest.raises(ValueError, match="shuffle_seed is for training data"):
+        dataset.SplitDataset(data_dir, 4, training=False, shuffle_seed=7)

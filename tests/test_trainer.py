@@ -91,9 +91,9 @@ def _batch(dense_value=1.0):
 
 
 class _Batches(list):
-    """A list of batches with the datasets' batches(start)."""
+    """A list of batches with the datasets' batches(start, epoch) (the same every epoch)."""
 
-    def batches(self, start=0):
+    def batches(self, start=0, epoch=0):
         return iter(self[start:])
 
 
