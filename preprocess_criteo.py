@@ -1,13 +1,14 @@
 """Converts the Criteo 1TB click logs (TSV) to HugeCTR raw binary train_data.bin / test_data.bin.
 
     python3 preprocess_criteo.py INPUT_DIR OUT_DIR [--train_days=0-22] [--test_day=23]
-        [--vocab=all|train] [--workers=N] [--overwrite]
+        [--vocab=all|train] [--shuffle=total|none] [--seed=123] [--shuffle_memory_bytes=B]
+        [--allow_empty_days] [--workers=N] [--overwrite]
 
 INPUT_DIR holds day_0 .. day_23, each plain or gzip-compressed (day_K or day_K.gz). A line is
 label, 13 integer columns I1..I13, 26 hexadecimal columns C1..C26, tab-separated; any field
 but the label may be empty (missing). OUT_DIR receives
 
-  train_data.bin            the training days' lines in day and line order, 160 bytes each:
+  train_data.bin            the training days' lines, shuffled (below), 160 bytes each:
   test_data.bin             40 little-endian int32 = label, 13 dense, 26 categorical ids
                             (the layout split_bin.py reads; data_format.py)
   preprocess_metadata.json  the rules below, vocabulary sizes, input files (name, size,
@@ -89,6 +90,18 @@ Plain files are split into chunks of --chunk_bytes (64 MiB) starting at line sta
 worker has work at any core count. A .gz file is inflated by one worker (zlib is sequential):
 with gz inputs at most 24 workers are busy; decompress first (e.g. pigz -d) to use more.
 
+Shuffle (pass 3, --shuffle=total, the default; the reference's --data-randomize=total in
+data_utils.py concatCriteoAdData): the train samples in a uniform random permutation, a
+bucketed two-pass Fisher-Yates-Rao shuffle. Scatter: the ordered train file is read in blocks
+of --shuffle_block_rows; each sample goes to one of K bucket files, drawn uniformly from
+default_rng([seed, 0, block]). Gather: bucket k is read, permuted by
+default_rng([seed, 1, k]).permutation and written after buckets 0..k-1. Given the bucket
+draws, each bucket's order is uniform, so the whole is a uniform permutation. K is the
+smallest count at which a bucket (1.1x its expected size) and its permuted copy fit
+--shuffle_memory_bytes; the output depends on seed, K and the block size only (not on
+--workers or the chunking). The test day keeps its order, as the reference's day 23. Disk:
+the ordered file and the buckets during the scatter, then the buckets and the output.
+
 Resuming: OUT_DIR/.preprocess_criteo/ holds state.json (written atomically), the pass-1
 vocabulary checkpoint and train_data.bin.partial / test_data.bin.partial, preallocated to
 their final sizes (known from pass 1's line counts). Pass 1 saves the vocabulary (atomically)
@@ -97,7 +110,9 @@ Rather than one file per day renamed into place and concatenated at the end, thi
 second copy of the 671 GB (disk space and a copy's time) for the same guarantee. A killed run
 (any signal, Ctrl-C, an I/O error, power loss after the fsync) rerun with the same command
 starts at the days not recorded; the workers die with the main process (PR_SET_PDEATHSIG).
-Bad input data instead removes the work directory (fixing the file changes it, which would
+The shuffle records the bucket sizes every SHUFFLE_SAVE_BLOCKS scatter blocks (buckets cut
+back to them on resume) and each bucket written by the gather. Bad input data instead
+removes the work directory (fixing the file changes it, which would
 restart the run anyway). The checkpoint
 is the union over the done days plus possibly values of unfinished days: harmless, since
 those days' values belong to the final union anyway, as long as the files do not change; a
@@ -113,12 +128,16 @@ seen arrays: 1.04 GB reserved, 0.6-0.8 GiB resident (a feature with few values t
 pages); a checkpoint reads 512 x 4 KiB blocks at a time (a few MB). Pass 2, the shared
 tables: 2.29 GiB reserved for criteo_tb's sizes (4.2 GB at most), 1.7 GiB resident after
 building. Each worker adds about 135 MiB at --block_bytes=8 MiB (a block, its arrow table
-and numpy temporaries). No structure grows with the input's size.
+and numpy temporaries). The shuffle stays under --shuffle_memory_bytes (bench_preprocess.py
+--shuffle_check: 251 MiB peak RSS at 256 MiB). No structure grows with the input's size.
 
 Errors: bad input stops the run with one line naming the file, the line number (and byte
 offset, in the decompressed stream for .gz), the field and its value: a wrong field count, a
 label not 0/1, a non-integer dense value, a categorical value that is not 1-8 hex digits, a
-carriage return. Exit status 2 (130 on Ctrl-C); no train_data.bin / test_data.bin is
+carriage return, a UTF-8 byte-order mark (anywhere: pyarrow would skip one at the start of
+each block it parses). Also refused: a day file without lines (unless --allow_empty_days), a
+day_K that is a directory; a truncated or bad .gz names the decompressed byte reached.
+Exit status 2 (130 on Ctrl-C); no train_data.bin / test_data.bin is
 written and the work directory is removed.
 
 Vocabulary file (preprocess_vocabulary.bin): magic b"CRTOVOC1", uint64 hash_mod, 26 uint64
@@ -966,7 +985,8 @@ def preprocess(input_dir, out_dir, train_days=tuple(range(23)), test_day=23, voc
                workers=None, hash_mod=HASH_MOD, chunk_bytes=DEFAULT_CHUNK_BYTES,
                block_bytes=DEFAULT_BLOCK_BYTES, overwrite=False, shuffle="total",
                seed=DEFAULT_SEED, shuffle_memory_bytes=DEFAULT_SHUFFLE_MEMORY,
-               shuffle_block_rows=SHUFFLE_BLOCK_ROWS, allow_empty_days=False, progress_stream=sys.stderr, progress_seconds=5.0):
+               shuffle_block_rows=SHUFFLE_BLOCK_ROWS, allow_empty_days=False,
+               progress_stream=sys.stderr, progress_seconds=5.0):
     """Converts INPUT_DIR's day files to OUT_DIR/{train,test}_data.bin; returns the metadata
     dict (also written to OUT_DIR/preprocess_metadata.json). See the module docstring."""
     say = (lambda text: (progress_stream.write(f"preprocess_criteo: {text}\n"),
