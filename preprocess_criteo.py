@@ -759,9 +759,9 @@ def _shuffle_scatter(work, state, num_samples, seed, block_rows, progress):
         if size or os.path.exists(_bucket_path(work, k)):
             with open(_bucket_path(work, k), "ab") as f:
                 f.truncate(size)
-    block = sh["rows_scattered"] // block_rows
-    while block * block_rows < num_samples:
-        start = block * block_rows
+    start = sh["rows_scattered"]  # a multiple of block_rows, or num_samples
+    while start < num_samples:
+        block = start // block_rows
         count = min(block_rows, num_samples - start) * fmt.RAW_INTS_PER_SAMPLE
         rows = np.fromfile(work.train_partial, fmt.RAW_DTYPE, count=count,
                            offset=start * fmt.RAW_BYTES_PER_SAMPLE)
@@ -770,16 +770,16 @@ def _shuffle_scatter(work, state, num_samples, seed, block_rows, progress):
                              f"delete {work.dir} or pass --overwrite")
         rows = rows.reshape(-1, fmt.RAW_INTS_PER_SAMPLE)
         _scatter_block(work, rows, seed, block, bucket_rows, buckets)
-        block += 1
-        progress.update(min(block * block_rows, num_samples))
-        if block % SHUFFLE_SAVE_BLOCKS == 0 or block * block_rows >= num_samples:
+        start = min(start + block_rows, num_samples)
+        progress.update(start)
+        if (block + 1) % SHUFFLE_SAVE_BLOCKS == 0 or start == num_samples:
             for k in np.flatnonzero(bucket_rows):
                 _fsync_path(_bucket_path(work, k))
             sh["bucket_rows"] = [int(c) for c in bucket_rows]
-            sh["rows_scattered"] = min(block * block_rows, num_samples)
+            sh["rows_scattered"] = start
             work.save(state)
             if AFTER_DAY is not None:
-                AFTER_DAY(3, block)
+                AFTER_DAY(3, block + 1)
     sh["scatter_complete"] = True
     work.save(state)
     os.remove(work.train_partial)  # its rows are all in the buckets now: disk for the output

@@ -341,7 +341,7 @@ def _kill_after(in_dir, out_dir, pass_number, day):
     assert proc.returncode == -signal.SIGKILL, err
 
 
-@pytest.mark.parametrize("pass_number,day", [(1, 1), (2, 1), (3, 4), (4, 2)])
+@pytest.mark.parametrize("pass_number,day", [(1, 1), (2, 1), (3, 4), (3, 15), (4, 2)])
 def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, pass_number, day):
     in_dir, _ = dataset
     out = str(tmp_path / "killed")
@@ -349,8 +349,9 @@ def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, pass_n
     assert not os.path.exists(os.path.join(out, "train_data.bin"))
     assert not os.path.exists(os.path.join(out, "test_data.bin"))
     state = json.load(open(os.path.join(out, pc.WORK_NAME, "state.json")))
-    if pass_number == 3:  # killed within the scatter, after its checkpoint of 4 blocks
-        assert state["shuffle"]["rows_scattered"] == 200
+    if pass_number == 3:  # killed within the scatter, after its checkpoint of `day` blocks
+        assert state["shuffle"]["rows_scattered"] == min(50 * day, 708)  # 15 blocks in all
+        assert not state["shuffle"]["scatter_complete"]
     elif pass_number == 4:  # killed within the gather, after bucket 2
         assert state["shuffle"]["buckets_done"] == 3
     else:
