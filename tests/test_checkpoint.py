@@ -429,7 +429,7 @@ def test_main_refuses_a_step_of_minus_5_with_one_line_and_keeps_the_checkpoint(
     before = _contents(directory)
     proc = run_main_alone(f"--data_dir={data_dir}", *MAIN_FLAGS, "--early_stop=9",
                           "--checkpoint_every_steps=1", f"--checkpoint_dir={directory}",
-                          "--resume")
+                          "--resume", "--shuffle_batches=false")  # saved_at_4: file order
     assert proc.returncode == 2, proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == (
         f"main.py: error: {meta_path}: position.step is -5, expected an integer >= 0")
