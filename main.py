@@ -137,6 +137,8 @@ flags.register_multi_flags_validator(
     lambda f: not (f["data_dir"] and f["use_synthetic_dataset"]),
     "--data_dir and --use_synthetic_dataset exclude each other (synthetic batches read no "
     "files): give one")
+flags.register_validator("shuffle_seed", lambda v: 0 <= v < 2**63,
+                         "--shuffle_seed must be in [0, 2**63)")
 flags.register_multi_flags_validator(
     ["shuffle_batches", "use_synthetic_dataset"],
     lambda f: not (f["shuffle_batches"] and f["use_synthetic_dataset"]),

@@ -217,6 +217,9 @@ def _rank_tracebacks(proc):
      "--data_dir and --use_synthetic_dataset exclude each other (synthetic batches read no "
      "files): give one"),
     (["--data_dir=/tmp", SCALED], "--vocab_sizes is for --use_synthetic_dataset"),
+    (["--use_synthetic_dataset", "--shuffle_batches"],
+     "--shuffle_batches is for --data_dir (synthetic batches are random already)"),
+    (["--data_dir=/tmp", "--shuffle_seed=-1"], "--shuffle_seed must be in [0, 2**63)"),
 ])
 def test_bad_flags_give_one_line_from_rank_0(flags, message):
     proc = run_main(*flags)
