@@ -38,8 +38,9 @@ Rules (MLPerf DLRM v1 reference, facebookresearch/dlrm data_utils.py):
   dense        missing -> 0; stored = max(x, 0), no bias: the MLPerf reference's files hold
                that (facebookresearch/dlrm data_utils.py, processCriteoAdData:
                X_int[X_int < 0] = 0, stored as is; log(x + 1) only when loading), MLPerf
-               v1.0's HugeCTR submission trains on those files renamed train_data.bin /
-               test_data.bin (mlcommons/training_results_v1.0, HugeCTR DLRM README), and
+               v1.0's HugeCTR submission trains on those files (mlcommons/
+               training_results_v1.0, */benchmarks/dlrm/implementations/hugectr/
+               README.md: the reference makes day_train.bin / day_test.bin), and
                HugeCTR's own converter (tools/dlrm_script/dlrm_raw_utils.h:
                process_data_rows writes the value read, missing -> 0; process_dense_features
                clamps negatives to 0; data_preprocess adds a dense_bias that defaults to 0).
