@@ -84,14 +84,6 @@ def _together(stage, what, work):
     return [result for _, result in outcomes]
 
 
-def _fsync_directory(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class DirectoryLock:
     """An exclusive flock on DIRECTORY/.lock, held by this process until release() or its end:
     the kernel drops it when the process dies, however it dies. While held, the file holds the
@@ -487,7 +479,7 @@ class Checkpoints:
                                    for i, v in enumerate(self.trainer.model.dense_variables)})
                     f.flush()
                     os.fsync(f.fileno())
-            _fsync_directory(tables)
+            fmt.fsync_path(tables)
 
         try:
             _together("start", f"starting checkpoint {partial}", start)
@@ -528,7 +520,7 @@ class Checkpoints:
             return
         meta_path = os.path.join(partial, META_NAME)
         fmt.write_json_atomic(meta_path, meta)
-        _fsync_directory(partial)
+        fmt.fsync_path(partial)
         with open(meta_path) as f:
             written = json.load(f)
         for name, record in written["files"].items():
@@ -536,7 +528,7 @@ class Checkpoints:
                 raise CheckpointError(f"{os.path.join(partial, name)}: not of the size "
                                       f"{meta_path} records")
         os.rename(partial, final)
-        _fsync_directory(self.directory)
+        fmt.fsync_path(self.directory)
         for name in os.listdir(self.directory):  # this directory's lock is ours: all are
             path = os.path.join(self.directory, name)  # a dead run's or our own older ones
             if _OURS.match(name) and path != final:

@@ -180,6 +180,15 @@ def read_metadata(directory):
     return meta
 
 
+def fsync_path(path):
+    """Flushes a file's or a directory's entry to disk (a directory: the names in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path, obj):
     """Writes obj as JSON to path through a temporary name (path.tmp-PID) in the same
     directory; a failed write removes its temporary and raises."""

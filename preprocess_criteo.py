@@ -721,14 +721,6 @@ def _bucket_path(work, k):
     return os.path.join(work.dir, f"shuffle_bucket_{k:05d}.bin")
 
 
-def _fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _scatter_block(work, rows, seed, block_index, bucket_rows, buckets):
     """Appends each row of rows (int32 [n, 40]) to a bucket drawn uniformly at random (from
     seed and block_index only); bucket_rows (int64 [K]) counts the rows of each bucket."""
@@ -775,7 +767,7 @@ def _shuffle_scatter(work, state, num_samples, seed, block_rows, progress):
         progress.update(start)
         if (block + 1) % SHUFFLE_SAVE_BLOCKS == 0 or start == num_samples:
             for k in np.flatnonzero(bucket_rows):
-                _fsync_path(_bucket_path(work, k))
+                fmt.fsync_path(_bucket_path(work, k))
             sh["bucket_rows"] = [int(c) for c in bucket_rows]
             sh["rows_scattered"] = start
             work.save(state)
