@@ -13,6 +13,8 @@
 #                                    configuration, summarised by bench/trace_summary.py
 #                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12)
 #   bash bench/gpu_run.sh suite [FILES]  the test suite (or FILES), one summary line per file
+#   bash bench/gpu_run.sh sok_tests  the tests that run the real SOK (one rank each; several
+#                                    minutes: each starts TF, SOK and main.py more than once)
 #   bash bench/gpu_run.sh install    installs the builds carried in .gpu/ (gpu/install_builds.sh):
 #                                    NCCL Horovod over the pack's Gloo-only one, SOK 2.1.0
 set -euo pipefail
@@ -63,6 +65,12 @@ case "$stage" in
         echo "== $f: $(python -m pytest -q -p no:cacheprovider "$f" 2>&1 | tail -n 1)" \
           | tee -a "$OUT/suite.log"
       done
+    done ;;
+  sok_tests)  # a summary line per file, so a call's time limit still leaves the finished ones
+    for spec in "tests/test_embedding.py:sok and not stand" "tests/test_training.py:real_sok" \
+                "tests/test_checkpoint.py:real_sok"; do
+      echo "== ${spec%%:*} -k '${spec#*:}': $(python -m pytest -q -p no:cacheprovider \
+        "${spec%%:*}" -k "${spec#*:}" 2>&1 | tail -n 1)" | tee -a "$OUT/sok_tests.log"
     done ;;
   install)
     bash gpu/install_builds.sh 2>&1 | tee "$OUT/install.log" ;;
