@@ -1,11 +1,17 @@
-"""Where the GPU time of a profiled run goes: kernels by total time, and how busy the GPU was.
+"""Where the time of a profiled run goes: on the GPU, kernels by total time and how busy the
+GPU was; on the host, the TensorFlow ops the executor ran per step, by type.
 
     python bench/trace_summary.py PROFILE_DIR [--steps=10] [--top=25] [--json=OUT]
 
-PROFILE_DIR is main.py's --profile_dir (the newest *.xplane.pb under it is read). Prints, for
-the GPU's planes: the traced window, the time some kernel or copy ran (the union over streams),
-and per kernel name the count and the time; all per step, with --steps the number of steps
-traced. Needs only TensorFlow's protobuf modules (runs on a CPU machine too).
+PROFILE_DIR is main.py's --profile_dir (the newest *.xplane.pb under it is read). Prints, all
+per step (--steps: the number of steps traced):
+- for the GPU's planes: the traced window, the time some kernel or copy ran (the union over
+  streams), and per kernel name the count and the time;
+- for the host: the ops TensorFlow's executor ran on its tf_Compute threads (an XLA cluster is
+  one op, _XlaRun), the time some op ran (the union over threads) and their summed time, and per
+  op type the count and the time. Each op costs the executor its launch on the host whatever
+  its size: their count is the step's fixed cost.
+Needs only TensorFlow's protobuf modules (runs on a CPU machine too; a CPU run has no GPU part).
 """
 
 import argparse
@@ -43,6 +49,27 @@ def device_events(space):
     return events
 
 
+def executor_ops(space):
+    """-> [(op type, start_ps, end_ps)] of every op TensorFlow's executor ran on the host's
+    tf_Compute threads: events named "op name:op type" (ExecutorState::Process and the other
+    C++ scopes around them left out)."""
+    ops = []
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            base_ps = line.timestamp_ns * 1000
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" not in name or "::" in name:
+                    continue
+                start = base_ps + event.offset_ps
+                ops.append((name.rsplit(":", 1)[1], start, start + event.duration_ps))
+    return ops
+
+
 def busy_ps(events):
     """Length of the union of the events' intervals."""
     total, end = 0, None
@@ -57,20 +84,22 @@ def busy_ps(events):
 
 
 def summarize(events, steps=1, top=25):
+    """[(name, start_ps, end_ps)] of `steps` steps -> per step: the window they span, the time
+    some event ran (busy), their summed time, their count, and the `top` names by time."""
     start = min(e[1] for e in events)
     stop = max(e[2] for e in events)
     by_name = collections.defaultdict(lambda: [0, 0])
     for name, begin, end in events:
         by_name[name][0] += 1
         by_name[name][1] += end - begin
-    kernels = sorted(by_name.items(), key=lambda item: -item[1][1])
+    ranked = sorted(by_name.items(), key=lambda item: -item[1][1])
     return {
         "window_ms_per_step": (stop - start) / 1e9 / steps,
         "busy_ms_per_step": busy_ps(events) / 1e9 / steps,
-        "kernel_ms_per_step": sum(v[1] for v in by_name.values()) / 1e9 / steps,
-        "launches_per_step": len(events) / steps,
+        "summed_ms_per_step": sum(v[1] for v in by_name.values()) / 1e9 / steps,
+        "events_per_step": len(events) / steps,
         "top": [{"name": name, "count_per_step": count / steps,
-                 "ms_per_step": ps / 1e9 / steps} for name, (count, ps) in kernels[:top]],
+                 "ms_per_step": ps / 1e9 / steps} for name, (count, ps) in ranked[:top]],
     }
 
 
@@ -82,22 +111,29 @@ def main():
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args()
     path, space = load_space(args.profile_dir)
-    events = device_events(space)
-    if not events:
-        raise SystemExit(f"trace_summary.py: error: {path} has no GPU events (no GPU, or "
-                         f"CUPTI was not found)")
-    summary = summarize(events, args.steps, args.top)
-    print(f"{path}: per step over {args.steps} steps: window "
-          f"{summary['window_ms_per_step']:.3f} ms, GPU busy {summary['busy_ms_per_step']:.3f} ms,"
-          f" kernel time {summary['kernel_ms_per_step']:.3f} ms, "
-          f"{summary['launches_per_step']:.0f} kernels and copies")
-    print("  ms/step  count  name")
-    for row in summary["top"]:
-        print(f"  {row['ms_per_step']:7.3f}  {row['count_per_step']:5.1f}  {row['name'][:110]}")
+    gpu, ops = device_events(space), executor_ops(space)
+    if not gpu and not ops:
+        raise SystemExit(f"trace_summary.py: error: {path} has neither GPU events nor "
+                         f"executor ops")
+    summary = {"gpu": summarize(gpu, args.steps, args.top) if gpu else None,
+               "executor": summarize(ops, args.steps, args.top) if ops else None}
+    print(f"{path}: per step over {args.steps} steps")
+    for part, label, what in [("gpu", "GPU", "kernels and copies"),
+                              ("executor", "host executor", "ops")]:
+        if summary[part] is None:
+            print(f"{label}: no events" + (" (no GPU, or CUPTI was not found)"
+                                           if part == "gpu" else ""))
+            continue
+        row = summary[part]
+        print(f"{label}: window {row['window_ms_per_step']:.3f} ms, busy "
+              f"{row['busy_ms_per_step']:.3f} ms, summed {row['summed_ms_per_step']:.3f} ms, "
+              f"{row['events_per_step']:.0f} {what}")
+        print("  ms/step  count  name")
+        for top in row["top"]:
+            print(f"  {top['ms_per_step']:7.3f}  {top['count_per_step']:5.1f}  {top['name'][:110]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
-
 
 if __name__ == "__main__":
     main()
