@@ -15,6 +15,7 @@ check at start that the place takes a file (check_writable_directory, check_writ
 and with the leftovers of killed writers removed on the next run (remove_dead_leftovers).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -189,14 +190,14 @@ def fsync_path(path):
         os.close(fd)
 
 
-def write_json_atomic(path, obj):
-    """Writes obj as JSON to path through a temporary name (path.tmp-PID) in the same
-    directory; a failed write removes its temporary and raises."""
+@contextlib.contextmanager
+def atomic_file(path, mode="w"):
+    """Opens a temporary beside path (path.tmp-PID) for writing; when the block ends it is
+    flushed, fsynced and renamed to path. A failure removes the temporary and raises."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        with open(tmp, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -204,6 +205,13 @@ def write_json_atomic(path, obj):
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json_atomic(path, obj):
+    """Writes obj as JSON to path through atomic_file."""
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def check_writable_directory(directory):

@@ -630,26 +630,17 @@ def _seen_values(seen, touched, f, group=512):
 
 def _write_vocab(path, mod, seen, touched):
     """Writes the vocabulary file (atomically); returns the 26 counts."""
-    tmp = f"{path}.tmp-{os.getpid()}"
     counts = []
     header = len(VOCAB_MAGIC) + 8 * (1 + fmt.NUM_CATEGORICAL)
-    try:
-        with open(tmp, "wb") as out:
-            out.seek(header)
-            for f in range(fmt.NUM_CATEGORICAL):
-                counts.append(0)
-                for values in _seen_values(seen, touched, f):
-                    values.astype("<u4").tofile(out)
-                    counts[-1] += len(values)
-            out.seek(0)
-            out.write(VOCAB_MAGIC + np.asarray([mod] + counts, "<u8").tobytes())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with fmt.atomic_file(path, "wb") as out:
+        out.seek(header)
+        for f in range(fmt.NUM_CATEGORICAL):
+            counts.append(0)
+            for values in _seen_values(seen, touched, f):
+                values.astype("<u4").tofile(out)
+                counts[-1] += len(values)
+        out.seek(0)
+        out.write(VOCAB_MAGIC + np.asarray([mod] + counts, "<u8").tobytes())
     return counts
 
 
