@@ -813,12 +813,10 @@ def _shuffle_train(work, state, num_samples, progress_stream, progress_seconds):
     work.train_partial. -> timings (s)."""
     seed, block_rows = state["options"]["seed"], state["options"]["shuffle_block_rows"]
     if "shuffle" not in state:
-        state["shuffle"] = {"buckets": shuffle_buckets(
-                                num_samples, state["options"]["shuffle_memory_bytes"],
-                                block_rows),
-                            "rows_scattered": 0, "bucket_rows": None,
+        buckets = shuffle_buckets(num_samples, state["options"]["shuffle_memory_bytes"],
+                                  block_rows)
+        state["shuffle"] = {"buckets": buckets, "rows_scattered": 0, "bucket_rows": [0] * buckets,
                             "scatter_complete": False, "buckets_done": 0}
-        state["shuffle"]["bucket_rows"] = [0] * state["shuffle"]["buckets"]
         work.save(state)
     sh, timings = state["shuffle"], {}
     for name, step, complete in (
