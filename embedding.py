@@ -1,8 +1,8 @@
 """Model-parallel embedding tables for DLRM: SOK 2.x, or TensorFlow + Horovod alltoall.
 
 Every backend maps categorical ids [B, F] (ids[:, f] in [0, vocab_sizes[f])) to vectors
-[B, F, D] of its vector_dtype (float32, or float16 under AMP; the tables stay float32). Its
-tables are row-sharded over the Horovod ranks; each rank holds only its own rows, its table
+[B, F, D] (float16 or float32; the model casts them to its own dtype). Its tables (float32)
+are row-sharded over the Horovod ranks; each rank holds only its own rows, its table
 gradients come back as tf.IndexedSlices of the local shard, and `apply_gradients` applies
 plain SGD to those rows. They are never allreduced.
 
@@ -197,10 +197,10 @@ def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None
     """Builds the tables of one embedding backend on this rank (after hvd.init()).
 
     backend: "sok", "tf", or "auto" (see resolve_backend).
-    compress: deduplicate the keys of a batch before the exchange (the sok backend then
-      uses one fused table, see SOKEmbedding).
+    compress: deduplicate the keys of a batch before the exchange.
     initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
-    vector_dtype: dtype of the looked-up vectors (float16 under AMP); the tables stay float32.
+    vector_dtype: the tf backend's vectors' dtype (float16 under AMP: its exchange carries
+      half the bytes); the sok backend's are float32 (SOK exchanges them in the table's dtype).
     jit_compile: the tf backend XLA-compiles its local gather with the cast to vector_dtype
       (one pass over the rows; TF's own Cast kernel takes 3x the gather's time on a GPU) and
       the scaling of its gradients, on one rank without compress (static shapes).
@@ -208,7 +208,7 @@ def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None
     backend, _ = resolve_backend(backend)
     initializer = initializer or uniform_initializer(vocab_sizes, dim, seed)
     if backend == "sok":
-        return SOKEmbedding(vocab_sizes, dim, compress, initializer, vector_dtype)
+        return SOKEmbedding(vocab_sizes, dim, compress, initializer)
     return TFEmbedding(vocab_sizes, dim, compress, initializer, vector_dtype, jit_compile)
 
 
@@ -318,11 +318,16 @@ class TFEmbedding(tf.Module):
 
 
 class SOKEmbedding(tf.Module):
-    """SOK 2.x: row-sharded sok.Variables ("distributed" mode), looked up in one fused call.
+    """SOK 2.x: one row-sharded sok.Variable ("distributed" mode) over all features, looked up
+    in one call.
 
-    Without compress: one sok.Variable per feature; row i of feature f lives on rank i % N.
-    With compress: one fused sok.Variable over all features (global row offset[f] + id on
-    rank r % N, the tf backend's layout), looked up with the batch's unique keys only.
+    Global row r = offset[f] + id lives on rank r % N at local row r // N (the tf backend's
+    layout). The batch's B*F keys go to SOK as one input of B*F one-key rows (with compress,
+    the batch's unique keys only), so a step has one lookup, one gradient, one scaling and
+    one finiteness check for the whole table (one table per feature had 26 of each and a
+    stack, 3.8 ms a step on an H200: BENCHMARKS.md).
+    The vectors come back in the table's float32 (SOK exchanges them inside, in its dtype);
+    the model casts them in its compiled dense part.
     SOK 2.x needs every rank to bring the same number of keys to a lookup (it allgathers them
     and derives the local batch from their count; kit_src/lookup/kernels/
     embedding_collection.cc): the batches are equal (the evaluation's last one is padded,
@@ -333,29 +338,23 @@ class SOKEmbedding(tf.Module):
     the GPU pinning.
     """
 
-    def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32):
+    checkpoint_layout = "sok: one fused table"
+
+    def __init__(self, vocab_sizes, dim, compress, initializer):
         super().__init__(name="sok")
         self._sok = _import_sok()
         _init_sok(self._sok)
-        self.vector_dtype = tf.as_dtype(vector_dtype)
         self.vocab_sizes = list(vocab_sizes)
         self.dim = dim
         self.compress = compress
-        rank, num_ranks = hvd.rank(), hvd.size()
-        offsets = feature_offsets(vocab_sizes)
-        self._offsets = tf.constant(offsets)
-
-        shapes_offsets = ([(sum(vocab_sizes), 0)] if compress
-                          else list(zip(vocab_sizes, offsets)))
+        self._offsets = tf.constant(feature_offsets(vocab_sizes))
         # SOK allocates the local shard (rows rank, rank + N, ... of the table); zeros first,
         # then filled in blocks like the tf backend's table (no whole-shard temporaries).
-        # Named: sok.dump names its files after the variables (unnamed, all are "Variable").
-        self.tables = [self._sok.Variable(shape=[rows, dim], dtype=tf.float32,
-                                          initializer=lambda shape, dtype: tf.zeros(shape, dtype),
-                                          name=f"sok_table_{i}")
-                       for i, (rows, _) in enumerate(shapes_offsets)]
-        for table, (_, offset) in zip(self.tables, shapes_offsets):
-            fill_shard(table, initializer, rank, num_ranks, int(offset))
+        # Named: sok.dump names its files after the variable (unnamed, it is "Variable").
+        self.table = self._sok.Variable(shape=[sum(vocab_sizes), dim], dtype=tf.float32,
+                                        initializer=lambda shape, dtype: tf.zeros(shape, dtype),
+                                        name="sok_table")
+        fill_shard(self.table, initializer, hvd.rank(), hvd.size())
         self._optimizer = self._sok.SGD(lr=1.0)
 
     @property
@@ -365,16 +364,12 @@ class SOKEmbedding(tf.Module):
 
     @property
     def variables(self):
-        return list(self.tables)
-
-    @property
-    def checkpoint_layout(self):
-        return "sok: one fused table" if self.compress else "sok: one table per feature"
+        return [self.table]
 
     def save(self, directory):
-        """sok.dump of every table into directory (a collective: SOK gathers the shards to
-        rank 0, which writes a key and a weight file per table, named after the variable)."""
-        self._sok.dump(directory, self.tables)
+        """sok.dump of the table into directory (a collective: SOK gathers the shards to
+        rank 0, which writes a key and a weight file, named after the variable)."""
+        self._sok.dump(directory, self.variables)
 
     def restore(self, directory, saved_num_ranks):
         """sok.load of save's files, on as many ranks as saved them only: SOK 2.1.0's load of
@@ -385,35 +380,30 @@ class SOKEmbedding(tf.Module):
             raise ValueError(f"{directory}: saved by the sok backend on {saved_num_ranks} "
                              f"ranks; sok.load (SOK 2.1.0) restores only onto as many ranks, "
                              f"not {hvd.size()} (the tf backend re-shards)")
-        self._sok.load(directory, self.tables)
+        self._sok.load(directory, self.variables)
 
     def exclude_tables(self, variables):
         _, others = self._sok.filter_variables(variables)
         return others
 
     def __call__(self, ids):
-        """ids int32 or int64 [B, F] -> vector_dtype [B, F, D]."""
-        ids = tf.cast(ids, tf.int64)
-        num_features = len(self.vocab_sizes)
+        """ids int32 or int64 [B, F] -> float32 [B, F, D]."""
+        keys = tf.reshape(tf.cast(ids, tf.int64) + self._offsets, [-1])          # [B*F]
         if self.compress:
-            keys, key_of_lookup = tf.unique(tf.reshape(ids + self._offsets, [-1]))  # [U], [B*F]
+            keys, key_of_lookup = tf.unique(keys)                                 # [U], [B*F]
             if hvd.size() > 1:  # the same number of keys on every rank: pad to the largest U
                 most = hvd.allreduce(tf.size(keys), op=hvd.Max, name="sok_unique_keys")
-                keys = tf.pad(keys, [[0, most - tf.size(keys)]])                    # [U_max]
-            unique_vectors, = self._sok.lookup_sparse(
-                self.tables, [tf.RaggedTensor.from_tensor(keys[:, tf.newaxis])],
-                combiners=["sum"])                                      # [U or U_max, D]
-            vectors = tf.gather(unique_vectors, key_of_lookup)                     # [B*F, D]
-            return tf.cast(tf.reshape(vectors, [-1, num_features, self.dim]), self.vector_dtype)
-        per_feature = [tf.RaggedTensor.from_tensor(ids[:, f:f + 1]) for f in range(num_features)]
-        vectors = self._sok.lookup_sparse(self.tables, per_feature,
-                                          combiners=["sum"] * num_features)
-        return tf.cast(tf.stack(vectors, axis=1), self.vector_dtype)
+                keys = tf.pad(keys, [[0, most - tf.size(keys)]])                  # [U_max]
+        one_key_rows = tf.RaggedTensor.from_uniform_row_length(keys, 1)
+        vectors, = self._sok.lookup_sparse([self.table], [one_key_rows], combiners=["sum"])
+        if self.compress:
+            vectors = tf.gather(vectors, key_of_lookup)                           # [B*F, D]
+        return tf.reshape(vectors, [-1, len(self.vocab_sizes), self.dim])
 
     def apply_gradients(self, grads, lr):
         """sok.SGD on the local rows: grads of self.variables (IndexedSlices), lr a scalar
         (the trainer folds AMP's unscaling into it); lr 0 leaves the rows as they are, even
         where grad holds inf or nan. The rate goes into the gradients (SGD's own lr stays 1)."""
         scaled = [tf.IndexedSlices(scaled_gradient(g.values, lr, table.dtype), g.indices,
-                                   g.dense_shape) for g, table in zip(grads, self.tables)]
-        return self._optimizer.apply_gradients(zip(scaled, self.tables))
+                                   g.dense_shape) for g, table in zip(grads, self.variables)]
+        return self._optimizer.apply_gradients(zip(scaled, self.variables))

@@ -2,12 +2,11 @@
 
     python embedding_worker.py OUT_DIR [BACKEND]     BACKEND: tf (default), sok, sok-stand-in
 
-Every rank builds the tables from the same numpy full table, looks up its slice of one global
+Every rank builds the table from the same numpy full table, looks up its slice of one global
 batch (eagerly and in a tf.function), takes one SGD step on loss = sum(vectors * weights), and
-writes OUT_DIR/rank{R}_compress{C}.npz with its initial shards, outputs and updated shards
-(one per table variable: the tf backend and sok with compress have one fused table, sok
-without compress one per feature). sok-stand-in runs the sok backend on tests/sok_stand_in.py
-and also records what a lookup with a different number of rows on each rank raised.
+writes OUT_DIR/rank{R}_compress{C}.npz with its initial shard, outputs and updated shard.
+sok-stand-in runs the sok backend on tests/sok_stand_in.py and also records what a lookup
+with a different number of rows on each rank raised.
 """
 
 import os
@@ -35,16 +34,11 @@ def global_problem():
     return full_table, ids, weights
 
 
-def shard_rows(vocab_sizes, per_feature_tables, rank, num_ranks):
-    """By hand, the layout the backends promise: -> [global rows of local row 0, 1, ...] per
-    table variable of `rank`. Row i of a table lives on rank i % N at i // N, in one fused
-    table (tf; sok with compress) or in one table per feature (sok), whose global rows start
-    at the feature's offset."""
-    if not per_feature_tables:
-        return [np.arange(rank, sum(vocab_sizes), num_ranks)]
-    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]])
-    return [offset + np.arange(rank, vocab, num_ranks)
-            for offset, vocab in zip(offsets, vocab_sizes)]
+def shard_rows(vocab_sizes, rank, num_ranks):
+    """By hand, the layout both backends promise: -> the global rows of `rank`'s local rows
+    0, 1, ...: global row r (offset[f] + id) of the one fused table lives on rank r % N at
+    local row r // N."""
+    return np.arange(rank, sum(vocab_sizes), num_ranks)
 
 
 def main(out_dir, backend="tf"):

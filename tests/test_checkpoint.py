@@ -611,30 +611,25 @@ def _wait_for_exit(pid, timeout=60):
 def test_sok_backend_saves_through_sok_dump_and_restores_through_sok_load(tmp_path,
                                                                           monkeypatch):
     """On SOK's rules (the stand-in: files named after the variables, load assigning in file
-    order): the 26 named tables round-trip; another rank count is refused."""
+    order): the named table round-trips; another rank count is refused."""
     import sok_stand_in
     # The stand-in goes into sys.modules: put back what was there (nothing, on CPU) after.
     monkeypatch.setitem(sys.modules, "sparse_operation_kit", None)
-    for compress in (False, True):
-        sok = sok_stand_in.install()
-        full = np.random.default_rng(2).standard_normal((sum(VOCAB), DIM)).astype(np.float32)
-        saved = embedding.create_embedding(
-            "sok", VOCAB, DIM, compress=compress,
-            initializer=lambda rows: tf.gather(tf.constant(full), rows))
-        directory = str(tmp_path / f"c{int(compress)}")
-        saved.save(directory)
-        assert len(os.listdir(directory)) == len(saved.tables) == (1 if compress else 26)
-        sok_stand_in.install()  # a new process's SOK
-        restored = embedding.create_embedding("sok", VOCAB, DIM, compress=compress)
-        restored.restore(directory, 1)
-        for got, expected in zip(restored.tables, saved.tables):
-            np.testing.assert_array_equal(got.numpy(), expected.numpy())
-        offsets = embedding.feature_offsets(VOCAB)
-        np.testing.assert_array_equal(restored.tables[-1].numpy(),
-                                      full if compress else full[offsets[-1]:])
-        with pytest.raises(ValueError, match="saved by the sok backend on 2 ranks; sok.load"):
-            restored.restore(directory, 2)
-        assert sok.init_calls == 1
+    sok = sok_stand_in.install()
+    full = np.random.default_rng(2).standard_normal((sum(VOCAB), DIM)).astype(np.float32)
+    saved = embedding.create_embedding(
+        "sok", VOCAB, DIM, initializer=lambda rows: tf.gather(tf.constant(full), rows))
+    directory = str(tmp_path / "sok")
+    saved.save(directory)
+    assert os.listdir(directory) == ["sok_table_0.npz"]  # named after the variable
+    sok_stand_in.install()  # a new process's SOK
+    restored = embedding.create_embedding("sok", VOCAB, DIM)
+    restored.restore(directory, 1)
+    (table,) = restored.variables
+    np.testing.assert_array_equal(table.numpy(), full)
+    with pytest.raises(ValueError, match="saved by the sok backend on 2 ranks; sok.load"):
+        restored.restore(directory, 2)
+    assert sok.init_calls == 1
 
 
 def _sok_dump(checkpoint_dir):
@@ -665,8 +660,8 @@ if embedding.resolve_backend("auto")[0] == "sok":  # SOK 2.x imports: the GPU ma
         assert _checkpoint_names(tmp_path / "part") == [name] == ["ckpt-00000008"]
         whole = _sok_dump(os.path.join(tmp_path / "whole", name))
         resumed = _sok_dump(os.path.join(tmp_path / "part", name))
-        assert sorted(whole) == sorted(resumed) == sorted(f"sok_table_{i}_0" for i in range(26))
-        assert [len(whole[f"sok_table_{i}_0"]) for i in range(26)] == VOCAB
+        assert sorted(whole) == sorted(resumed) == ["sok_table_0"]
+        assert len(whole["sok_table_0"]) == sum(VOCAB)
         for table, rows in whole.items():
             np.testing.assert_allclose(resumed[table], rows, rtol=0, atol=1e-6, err_msg=table)
         assert max(np.abs(whole[t] - at_5[t]).max() for t in whole) > 1e-3  # steps 6-8 moved

@@ -69,19 +69,17 @@ def test_backend_matches_numpy(runs, backend, num_ranks, compress):
     for rank, result in enumerate(ranks):
         assert str(result["name"]) == backend.replace("-stand-in", "")
         # Only this rank's rows: shapes and values.
-        shard_rows = worker.shard_rows(worker.VOCAB_SIZES, backend != "tf" and not compress,
-                                       rank, num_ranks)
-        assert int(result["num_shards"]) == len(shard_rows)
-        for i, rows in enumerate(shard_rows):
-            assert result[f"initial_shard{i}"].shape == (len(rows), worker.DIM)
-            np.testing.assert_array_equal(result[f"initial_shard{i}"], full_table[rows])
-            updated_table[rows] = result[f"updated_shard{i}"]
+        rows = worker.shard_rows(worker.VOCAB_SIZES, rank, num_ranks)
+        assert int(result["num_shards"]) == 1
+        assert result["initial_shard0"].shape == (len(rows), worker.DIM)
+        np.testing.assert_array_equal(result["initial_shard0"], full_table[rows])
+        updated_table[rows] = result["updated_shard0"]
         # Lookup of the local slice of the global batch, eager and in a tf.function.
         local = slice(rank * worker.GLOBAL_BATCH // num_ranks,
                       (rank + 1) * worker.GLOBAL_BATCH // num_ranks)
         np.testing.assert_array_equal(result["eager_output"], expected_vectors[local])
         np.testing.assert_array_equal(result["function_output"], expected_vectors[local])
-        assert list(result["gradient_types"]) == ["IndexedSlices"] * len(shard_rows)
+        assert list(result["gradient_types"]) == ["IndexedSlices"]
     # The union of the shards is the numpy update of the full table.
     np.testing.assert_allclose(updated_table, expected_table, rtol=0, atol=1e-5)
 
@@ -142,24 +140,26 @@ def test_sok_backend_on_a_stand_in(monkeypatch):
     emb = embedding.create_embedding("auto", vocab_sizes, dim,
                                      initializer=lambda rows: tf.gather(full_table, rows))
     assert emb.name == "sok" and sok.init_calls == 1
-    np.testing.assert_array_equal(emb.variables[1].numpy(), full_table[3:8])  # global rows
+    assert len(sok.tables) == 1  # one fused table, global row offset[f] + id
+    np.testing.assert_array_equal(emb.variables[0].numpy(), full_table)
 
     dlrm = model.DLRM(emb, vocab_sizes, bottom_mlp=(8, dim), top_mlp=(8, 1))
     ids = np.array([[0, 4, 1], [2, 4, 0]], np.int32)
     inputs = (tf.zeros([2, 13]), tf.constant(ids))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(dlrm(inputs))
-    assert len(sok.lookup_calls) == 1  # all features in one fused call
-    params, sp_ids, combiners = sok.lookup_calls[0]
-    assert [p.ref() for p in params] == [t.ref() for t in sok.tables]
-    assert combiners == ["sum"] * 3
-    for f, ragged in enumerate(sp_ids):
-        assert ragged.dtype == tf.int64
-        np.testing.assert_array_equal(ragged.to_list(), ids[:, f:f + 1])
+    assert len(sok.lookup_calls) == 1  # all features in one call
+    (params, (ragged,), combiners), = sok.lookup_calls
+    assert [p.ref() for p in params] == [sok.tables[0].ref()] and combiners == ["sum"]
+    assert ragged.dtype == tf.int64  # one key a row, sample by sample, feature by feature
+    np.testing.assert_array_equal(ragged.to_list(),
+                                  (ids + np.array([0, 3, 8])).reshape(-1, 1))
+    np.testing.assert_array_equal(emb(tf.constant(ids)).numpy(),
+                                  full_table[ids + np.array([0, 3, 8])])
     table_refs = {t.ref() for t in sok.tables}
     assert {v.ref() for v in dlrm.embedding_variables} == table_refs
     assert not table_refs & {v.ref() for v in dlrm.dense_variables}
-    assert len(dlrm.dense_variables) + 3 == len(dlrm.trainable_variables)
+    assert len(dlrm.dense_variables) + 1 == len(dlrm.trainable_variables)
 
     before = [t.numpy() for t in sok.tables]
     grads = tape.gradient(loss, dlrm.embedding_variables)
@@ -175,7 +175,7 @@ def test_sok_backend_on_a_stand_in(monkeypatch):
         np.testing.assert_allclose(table.numpy(), old - 0.25 * dense_grad, rtol=1e-6)
 
 
-def test_sok_backend_compress_uses_one_fused_table_and_unique_keys(monkeypatch):
+def test_sok_backend_compress_looks_up_unique_keys(monkeypatch):
     sok = sok_stand_in.StandInSOK()
     monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
     vocab_sizes, dim = [3, 5, 2], 4
@@ -202,7 +202,7 @@ def test_sok_backend_compress_uses_one_fused_table_and_unique_keys(monkeypatch):
 
 
 def test_sok_initializer_fills_each_rank_with_its_own_rows(monkeypatch):
-    """Rank 1 of 3: SOK asks for the local shard (rows 1, 4, 7, ... of each table)."""
+    """Rank 1 of 3: SOK asks for the local shard (rows 1, 4, 7, ... of the fused table)."""
     sok = sok_stand_in.StandInSOK()
     monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
     monkeypatch.setattr(embedding.hvd, "rank", lambda: 1)
@@ -211,9 +211,8 @@ def test_sok_initializer_fills_each_rank_with_its_own_rows(monkeypatch):
     full_table = np.random.default_rng(3).standard_normal((11, dim)).astype(np.float32)
     emb = embedding.create_embedding("sok", vocab_sizes, dim,
                                      initializer=lambda rows: tf.gather(full_table, rows))
-    assert [v.shape[0] for v in emb.variables] == [2, 1]
-    np.testing.assert_array_equal(emb.variables[0].numpy(), full_table[[1, 4]])
-    np.testing.assert_array_equal(emb.variables[1].numpy(), full_table[[7 + 1]])
+    (shard,) = emb.variables
+    np.testing.assert_array_equal(shard.numpy(), full_table[[1, 4, 7, 10]])
 
 
 def test_sok_init_runs_once_per_process(monkeypatch):
@@ -222,7 +221,7 @@ def test_sok_init_runs_once_per_process(monkeypatch):
     monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok)
     for _ in range(2):
         assert embedding.create_embedding("sok", [3, 2], 2).name == "sok"
-    assert sok.init_calls == 2 and len(sok.tables) == 4
+    assert sok.init_calls == 2 and len(sok.tables) == 2
     with pytest.raises(RuntimeError, match="more than once"):
         sok.init()  # the stand-in keeps SOK's rule
 

@@ -70,9 +70,8 @@ def _assert_matches(runs, reference):
             if name.startswith("dense_"):
                 np.testing.assert_allclose(run[name], reference[name], atol=2e-5,
                                            err_msg=f"{key} {name}")
-        # Each rank holds only its rows: ceil(rows / N) of each table at most.
-        tables = [sum(VOCAB)] if key[2] == "tf" or key[1] else VOCAB
-        assert run["shard_rows"] <= sum(math.ceil(rows / key[0]) for rows in tables), key
+        # Each rank holds only its rows: ceil(rows / N) of the one table at most.
+        assert run["shard_rows"] <= math.ceil(sum(VOCAB) / key[0]), key
 
 
 def test_model_parallel_training_is_exact_over_1_2_4_ranks(small_split, tmp_path):

@@ -69,7 +69,7 @@ predictions = np.full(data.num_samples, np.nan, np.float32)
 predictions[all_samples] = all_predictions
 
 shards = net.embedding_variables
-local_rows = np.concatenate(shard_rows(data.vocab_sizes, len(shards) > 1, rank, world))
+local_rows = shard_rows(data.vocab_sizes, rank, world)
 rows = hvd.allgather(tf.constant(local_rows, tf.int64)).numpy()
 values = hvd.allgather(tf.concat(shards, 0)).numpy()
 if rank == 0:
