@@ -193,7 +193,7 @@ def resolve_backend(backend):
 
 
 def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0,
-                     vector_dtype=tf.float32, jit_compile=False):
+                     vector_dtype=tf.float32, fused_table_ops=True, jit_compile=False):
     """Builds the tables of one embedding backend on this rank (after hvd.init()).
 
     backend: "sok", "tf", or "auto" (see resolve_backend).
@@ -201,15 +201,19 @@ def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None
     initializer: optional initializer(global_rows int64 [n]) -> float32 [n, dim].
     vector_dtype: the tf backend's vectors' dtype (float16 under AMP: its exchange carries
       half the bytes); the sok backend's are float32 (SOK exchanges them in the table's dtype).
-    jit_compile: the tf backend XLA-compiles its local gather with the cast to vector_dtype
-      (one pass over the rows; TF's own Cast kernel takes 3x the gather's time on a GPU) and
-      the scaling of its gradients, on one rank without compress (static shapes).
+    fused_table_ops: the tf backend gathers (with the cast to vector_dtype) and updates its
+      table by the kernels of embedding_ops/ (built by `make -C embedding_ops`), one pass
+      each; else by TF's gather, cast, scaling and scatter_sub.
+    jit_compile: without fused_table_ops, the tf backend XLA-compiles its gather with the cast
+      (TF's own Cast kernel takes 3x the gather's time on a GPU) and the scaling of its
+      gradients, on one rank without compress (static shapes).
     """
     backend, _ = resolve_backend(backend)
     initializer = initializer or uniform_initializer(vocab_sizes, dim, seed)
     if backend == "sok":
         return SOKEmbedding(vocab_sizes, dim, compress, initializer)
-    return TFEmbedding(vocab_sizes, dim, compress, initializer, vector_dtype, jit_compile)
+    return TFEmbedding(vocab_sizes, dim, compress, initializer, vector_dtype, fused_table_ops,
+                       jit_compile)
 
 
 def scaled_gradient(grad, lr, dtype):
@@ -228,11 +232,18 @@ class TFEmbedding(tf.Module):
     bytes each way); the gradients take the same two exchanges in reverse to the owner's shard.
     The exchange is built from fixed-size device ops only (one-hot counts and cumsums, no
     sort, bincount or invert_permutation), so nothing in it needs host memory.
+    The local gather and the SGD update are embedding_ops' kernels (fused_table_ops), or TF's
+    ops (see create_embedding).
     """
 
     def __init__(self, vocab_sizes, dim, compress, initializer, vector_dtype=tf.float32,
-                 jit_compile=False):
+                 fused_table_ops=True, jit_compile=False):
         super().__init__(name="tf")
+        self._table_ops = None
+        if fused_table_ops:
+            import embedding_ops
+            embedding_ops.load_ops()  # a missing build fails here, with the build command
+            self._table_ops = embedding_ops
         self.vocab_sizes = list(vocab_sizes)
         self.dim = dim
         self.compress = compress
@@ -243,16 +254,19 @@ class TFEmbedding(tf.Module):
         self.table = tf.Variable(tf.zeros([local_rows, dim], tf.float32), name="embedding_table")
         fill_shard(self.table, initializer, hvd.rank(), self.num_ranks)
         # XLA compiles each input shape anew: only one rank without compress has static shapes
-        # (K = B * F keys); there the gather with its cast, and the update's scaling, compile.
-        fused = jit_compile and self.num_ranks == 1 and not compress
-        self._gather = tf.function(self._gather_rows, jit_compile=True) if fused else \
+        # (K = B * F keys); there TF's gather with its cast, and the update's scaling, compile.
+        compiled = (jit_compile and not fused_table_ops and self.num_ranks == 1
+                    and not compress)
+        self._gather = tf.function(self._gather_rows, jit_compile=True) if compiled else \
             self._gather_rows
-        self._scaled = tf.function(scaled_gradient, jit_compile=True) if fused else \
+        self._scaled = tf.function(scaled_gradient, jit_compile=True) if compiled else \
             scaled_gradient
 
     def _gather_rows(self, local_rows):
-        """local_rows int64 [K] -> vector_dtype [K, D]: this rank's rows, cast after the gather.
-        Its gradient is IndexedSlices of the local shard (compiled or not)."""
+        """local_rows int64 [K] -> vector_dtype [K, D]: this rank's rows, cast in the same pass
+        (fused) or after the gather. Its gradient is IndexedSlices of the local shard."""
+        if self._table_ops is not None:
+            return self._table_ops.gather(self.table, local_rows, self.vector_dtype)
         return tf.cast(tf.gather(self.table, local_rows), self.vector_dtype)
 
     @property
@@ -313,8 +327,11 @@ class TFEmbedding(tf.Module):
         (the trainer folds AMP's unscaling into it). lr 0 leaves the rows as they are, even
         where grad holds inf or nan (a step that AMP's loss scaling skips)."""
         for table, grad in zip(self.variables, grads):
-            table.scatter_sub(tf.IndexedSlices(self._scaled(grad.values, lr, table.dtype),
-                                               grad.indices, grad.dense_shape))
+            if self._table_ops is not None:  # scaling and scatter in one kernel
+                self._table_ops.sgd_update(table, grad.indices, grad.values, lr)
+            else:
+                table.scatter_sub(tf.IndexedSlices(self._scaled(grad.values, lr, table.dtype),
+                                                   grad.indices, grad.dense_shape))
 
 
 class SOKEmbedding(tf.Module):

@@ -43,6 +43,9 @@ flags.DEFINE_float("lr", 24.0, "Base learning rate (plain SGD, dense and embeddi
 _section("Model and embeddings")
 flags.DEFINE_enum("embedding", "auto", ["auto", "sok", "tf"],
                   "Model-parallel tables: SOK 2.x, TensorFlow + hvd.alltoall, or sok if it imports.")
+flags.DEFINE_bool("fused_table_ops", True, "tf backend: the table's gather (with its cast) and "
+                  "SGD update by the kernels of embedding_ops/ (make -C embedding_ops); "
+                  "--nofused_table_ops: TF's gather, cast, scaling and scatter_sub.")
 flags.DEFINE_integer("embedding_dim", 128, "Embedding vector size.")
 flags.DEFINE_list("bottom_mlp", ["512", "256", "128"], "Bottom MLP widths, integers >= 1 "
                   "(last = embedding_dim).")
@@ -382,7 +385,8 @@ def train():
         start = time.perf_counter()
         tables = embedding.create_embedding(
             backend, vocab_sizes, FLAGS.embedding_dim, compress=FLAGS.compress, seed=FLAGS.seed,
-            vector_dtype=tf.float16 if FLAGS.amp else tf.float32, jit_compile=FLAGS.xla)
+            vector_dtype=tf.float16 if FLAGS.amp else tf.float32,
+            fused_table_ops=FLAGS.fused_table_ops, jit_compile=FLAGS.xla)
         table_seconds = time.perf_counter() - start
         model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=bottom_mlp, top_mlp=top_mlp,
                           interaction=interaction, seed=FLAGS.seed, jit_compile=FLAGS.xla)
@@ -393,7 +397,9 @@ def train():
         f"{FLAGS.embedding_dim} in {table_seconds:.1f} s"
         f"{'' if startup_peak_gib is None else f' (GPU peak {startup_peak_gib:.1f} GiB)'}, "
         f"compress {FLAGS.compress}, amp {FLAGS.amp}, xla {FLAGS.xla}, "
-        f"interaction {'custom op' if FLAGS.custom_interact else 'tf'}")
+        f"interaction {'custom op' if FLAGS.custom_interact else 'tf'}"
+        + (f", table ops {'fused' if FLAGS.fused_table_ops else 'tf'}"
+           if tables.name == "tf" else ""))
     if tables.name == "sok":
         warning = embedding.unpatched_sok_warning(tables.sok, on_gpu=input_device is not None)
         if warning:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv inside the repository and installs the CPU test environment:
-# tensorflow-cpu, numpy, absl-py, pytest and Horovod built from source with Gloo.
-# Idempotent: on a ready machine it only checks the imports (a few seconds).
+# tensorflow-cpu, numpy, absl-py, pytest and Horovod built from source with Gloo; then builds
+# embedding_ops' op library (the tf backend's table kernels; CUDA too where nvcc is found).
+# Idempotent: on a ready machine it only checks the imports and the build (a few seconds).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=.venv
@@ -9,8 +10,13 @@ PY=${PYTHON:-python3}
 HOROVOD_VERSION=0.28.1
 STAMP="$VENV/.setup-$(sha1sum requirements.txt | cut -c1-12)-hvd$HOROVOD_VERSION"
 
+build_ops() {
+  make -s -C embedding_ops PYTHON="$VENV/bin/python"
+}
+
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import tensorflow, horovod.tensorflow, numpy, absl" 2>/dev/null; then
   echo "setup.sh: environment ready ($VENV)"
+  build_ops
   exit 0
 fi
 
@@ -26,3 +32,4 @@ fi
 "$VENV/bin/python" -c "import tensorflow as tf, horovod, horovod.tensorflow; print('setup.sh: tensorflow', tf.__version__, 'horovod', horovod.__version__)"
 rm -f "$VENV"/.setup-*
 touch "$STAMP"
+build_ops

@@ -75,17 +75,30 @@ def run_main_alone(*flags, timeout=300):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
+def _build_ops(package):
+    """Builds a package's op library by its Makefile's default: the CUDA build where nvcc is
+    found (then the GPU kernels are tested on every GPU TF lists), else CPU-only; make redoes
+    only stale parts."""
+    proc = subprocess.run(["make", "-s", "-C", os.path.join(ROOT, package),
+                           f"PYTHON={sys.executable}"], capture_output=True, text=True)
+    assert proc.returncode == 0, f"building {package} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
 @pytest.fixture(scope="session")
 def built_custom_interact():
-    """The custom_interact module with its op library built by the Makefile's default: the
-    CUDA build where nvcc is found (then the GPU kernels are tested on every GPU TF lists),
-    else CPU-only; make redoes only stale parts."""
-    op_dir = os.path.join(ROOT, "custom_interact")
-    proc = subprocess.run(["make", "-s", "-C", op_dir, f"PYTHON={sys.executable}"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, f"building the op failed:\n{proc.stdout}\n{proc.stderr}"
+    """The custom_interact module with its op library built."""
+    _build_ops("custom_interact")
     import custom_interact
     return custom_interact
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built_embedding_ops():
+    """The embedding_ops module with its op library built: the tf backend uses it by default,
+    in this process and in every rank a test starts."""
+    _build_ops("embedding_ops")
+    import embedding_ops
+    return embedding_ops
 
 
 @pytest.fixture

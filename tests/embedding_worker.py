@@ -1,6 +1,7 @@
 """Run under horovodrun by test_embedding.py: one lookup and one SGD step of a backend.
 
-    python embedding_worker.py OUT_DIR [BACKEND]     BACKEND: tf (default), sok, sok-stand-in
+    python embedding_worker.py OUT_DIR [BACKEND]
+        BACKEND: tf (default), tf-unfused (TF's ops for the table), sok, sok-stand-in
 
 Every rank builds the table from the same numpy full table, looks up its slice of one global
 batch (eagerly and in a tf.function), takes one SGD step on loss = sum(vectors * weights), and
@@ -41,6 +42,12 @@ def shard_rows(vocab_sizes, rank, num_ranks):
     return np.arange(rank, sum(vocab_sizes), num_ranks)
 
 
+def backend_name(backend):
+    """A run's backend ("tf", "tf-unfused": TF's ops for the table, "sok", "sok-stand-in") ->
+    create_embedding's name of it."""
+    return backend.split("-")[0]
+
+
 def main(out_dir, backend="tf"):
     hvd.init()
     if backend == "sok-stand-in":
@@ -53,8 +60,9 @@ def main(out_dir, backend="tf"):
     table_source = tf.constant(full_table)
 
     for compress in (False, True):
-        emb = embedding.create_embedding(backend.replace("-stand-in", ""), VOCAB_SIZES, DIM,
+        emb = embedding.create_embedding(backend_name(backend), VOCAB_SIZES, DIM,
                                          compress=compress,
+                                         fused_table_ops=backend != "tf-unfused",
                                          initializer=lambda rows: tf.gather(table_source, rows))
         initial_shards = [v.numpy() for v in emb.variables]
         eager_output = emb(local_ids).numpy()

@@ -35,7 +35,8 @@ def _reference_step(full_table, ids, weights):
     return table[rows], table - worker.LEARNING_RATE * gradient
 
 
-RANKS = {"tf": (1, 2, 4), "sok-stand-in": (2, 3)}  # sok on 1 rank: the in-process tests
+# tf: the table's gather and update by embedding_ops' kernels; tf-unfused: by TF's ops.
+RANKS = {"tf": (1, 2, 4), "tf-unfused": (1, 2), "sok-stand-in": (2, 3)}  # sok on 1 rank: below
 if embedding.resolve_backend("auto")[0] == "sok":  # SOK 2.x imports (a GPU machine): the real one
     RANKS["sok"] = (1,)  # one rank per GPU (NCCL refuses two ranks on one GPU)
 
@@ -67,7 +68,7 @@ def test_backend_matches_numpy(runs, backend, num_ranks, compress):
     ranks = runs(backend, num_ranks)[compress]
     updated_table = np.full(expected_table.shape, np.nan)
     for rank, result in enumerate(ranks):
-        assert str(result["name"]) == backend.replace("-stand-in", "")
+        assert str(result["name"]) == worker.backend_name(backend)
         # Only this rank's rows: shapes and values.
         rows = worker.shard_rows(worker.VOCAB_SIZES, rank, num_ranks)
         assert int(result["num_shards"]) == 1
