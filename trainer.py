@@ -187,7 +187,9 @@ def _write_scalars(summary_writer, step, values):
 
 
 def _all_finite(tensors):
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+    """-> bool scalar: whether every value of every tensor is finite."""
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
+    return flags[0] if len(flags) == 1 else tf.reduce_all(tf.stack(flags))
 
 
 def _sgd(variables, grads, rate):
@@ -205,8 +207,10 @@ class Trainer:
 
     lr_schedule: callable step -> lr. loss_scale: DynamicLossScale for AMP, or None.
     allreduce_fp16: compress the dense gradients to fp16 for the allreduce.
-    jit_compile: XLA-compile the dense variables' finiteness check and update (two launches
-      instead of ~4 small ops per variable).
+    jit_compile: XLA-compile the loss (forward and backward) and the step's bookkeeping with
+      the dense update (the lr schedule, AMP's finiteness check and loss scale, the SGD of
+      the dense variables, the step counter): three launches instead of ~60 small ops, each
+      of which costs the host more than its work costs the GPU.
     """
 
     def __init__(self, model, lr_schedule, global_batch, loss_scale=None, allreduce_fp16=False,
@@ -220,7 +224,8 @@ class Trainer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # updates applied
         self.first_nonfinite_loss_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
         compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
-        self._dense_all_finite, self._dense_sgd = compiled(_all_finite), compiled(_sgd)
+        self._objective = compiled(self._objective_and_mean_loss)
+        self._dense_step = compiled(self._bookkeeping_and_dense_update)
 
     def build_and_broadcast(self, features):
         """Builds the model on one batch (a collective embedding lookup) and gives every rank
@@ -236,10 +241,7 @@ class Trainer:
         embedding_vars = self.model.embedding_variables
         with tf.GradientTape() as tape, tf.name_scope("forward"):
             logits = self.model(features, training=True)
-            losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits)
-            objective = tf.reduce_sum(losses) / self.global_batch
-            if self.loss_scale is not None:
-                objective = objective * self.loss_scale.scale
+            objective, mean_loss = self._objective(logits, label)
         with tf.name_scope("backward"):
             grads = tape.gradient(objective, dense_vars + embedding_vars)
         dense_grads = grads[:len(dense_vars)]
@@ -249,36 +251,52 @@ class Trainer:
                                                     compression=self.compression)
         embedding_grads = grads[len(dense_vars):]
         with tf.name_scope("update"):
-            return self._update(dense_vars, dense_grads, embedding_grads, losses)
+            embedding_finite = tf.constant(True)
+            if self.loss_scale is not None:
+                # An overflow is inf or nan whether scaled or not: the scaled gradients are
+                # checked. Every rank skips if any rank's embedding gradients overflowed; the
+                # dense ones, allreduced, are the same on every rank.
+                embedding_finite = _all_finite([_values(g) for g in embedding_grads])
+                if self.num_ranks > 1:
+                    local_bad = tf.cast(tf.logical_not(embedding_finite), tf.float32)
+                    embedding_finite = hvd.allreduce(local_bad, op=hvd.Sum,
+                                                     name="nonfinite_flag") == 0.0
+            rate = self._dense_step(dense_vars, dense_grads, embedding_finite, mean_loss)
+            self.model.embedding.apply_gradients(embedding_grads, rate)
+        return mean_loss
 
-    def _update(self, dense_vars, dense_grads, embedding_grads, losses):
-        """The step's second half: AMP's skip decision, both SGD updates, the loss checks."""
-        lr = self.lr_schedule(self.step)
-        rate = lr  # what multiplies the gradients in the update
+    def _objective_and_mean_loss(self, logits, label):
+        """logits, label float32 [B, 1] -> (what the step differentiates: the sum of the losses
+        over the global batch size, times the loss scale under AMP; the mean loss)."""
+        losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits)
+        objective = tf.reduce_sum(losses) / self.global_batch
         if self.loss_scale is not None:
-            # An overflow is inf or nan whether scaled or not: check the scaled gradients and
-            # fold the unscaling into the update's rate (no extra pass over the table rows).
-            all_finite = tf.logical_and(self._dense_all_finite(dense_grads),
-                                        _all_finite([_values(g) for g in embedding_grads]))
-            if self.num_ranks > 1:  # every rank skips if any rank saw an overflow
-                local_bad = tf.cast(tf.logical_not(all_finite), tf.float32)
-                all_finite = hvd.allreduce(local_bad, op=hvd.Sum, name="nonfinite_flag") == 0.0
-            # A skipped step is an update at rate 0 (scaled_gradient: 0 even for inf/nan), not
-            # a tf.cond, whose predicate would be copied to the host and stall the GPU.
-            rate = tf.where(all_finite, lr / self.loss_scale.scale, 0.0)
-            self.loss_scale.update(all_finite)
-        else:
+            objective = objective * self.loss_scale.scale
+        return objective, tf.reduce_mean(losses)
+
+    def _bookkeeping_and_dense_update(self, dense_vars, dense_grads, embedding_finite,
+                                      mean_loss):
+        """AMP's skip decision (embedding_finite: bool scalar, the same on every rank), the
+        dense SGD, the loss scale, the non-finite loss record and the step counter.
+        -> the rate for the embedding update (float32 scalar): the lr, with AMP's unscaling
+        folded in (no extra pass over the table rows), 0 for a skipped step."""
+        lr = self.lr_schedule(self.step)
+        if self.loss_scale is None:
             all_finite = tf.constant(True)
-        self._dense_sgd(dense_vars, dense_grads, rate)
-        self.model.embedding.apply_gradients(embedding_grads, rate)
-        mean_loss = tf.reduce_mean(losses)
-        if self.loss_scale is None:  # under AMP a non-finite loss is a skipped step instead
+            rate = lr
             record = tf.logical_and(tf.logical_not(tf.math.is_finite(mean_loss)),
                                     self.first_nonfinite_loss_step < 0)
             self.first_nonfinite_loss_step.assign(
                 tf.where(record, self.step, self.first_nonfinite_loss_step))
+        else:  # under AMP a non-finite loss is a skipped step instead
+            all_finite = tf.logical_and(embedding_finite, _all_finite(dense_grads))
+            # A skipped step is an update at rate 0 (scaled_gradient: 0 even for inf/nan), not
+            # a tf.cond, whose predicate would be copied to the host and stall the GPU.
+            rate = tf.where(all_finite, lr / self.loss_scale.scale, 0.0)
+            self.loss_scale.update(all_finite)
+        _sgd(dense_vars, dense_grads, rate)
         self.step.assign_add(tf.cast(all_finite, tf.int64))  # skipped steps do not advance lr
-        return mean_loss
+        return rate
 
     @tf.function(reduce_retracing=True)
     def predict_step(self, features):
