@@ -2,6 +2,7 @@
 
     python3 bench/bench_gpu.py configs --out=DIR [--steps=300] [--embedding=tf|sok]
                                   [--vocab_sizes=criteo_tb] [--batch=65536] [--only=NAME,NAME]
+                                  [--extra="--nofused_table_ops ..."]
                                                         main.py runs -> DIR/configs_EMB.{json,md}
     python3 bench/bench_gpu.py scaling --out=DIR [--gpus=1,2,4,8] [--per_gpu_batch=8192]
                                   [--batch=65536] [configs' options]
@@ -64,17 +65,19 @@ def launcher(ranks):
 
 
 def run_configs(out_dir, steps, names, embedding="tf", vocab_sizes="criteo_tb", batch=BATCH,
-                timeout=None, ranks=1):
+                timeout=None, ranks=1, extra=()):
+    """extra: main.py flags added to every configuration's (they name the files too)."""
     rows = []
     for name in names:
         stem = os.path.join(out_dir, f"{embedding}_{name.replace(' ', '_')}"
-                                     + (f"_np{ranks}_b{batch}" if ranks > 1 else ""))
+                                     + (f"_np{ranks}_b{batch}" if ranks > 1 else "")
+                                     + "".join(f"_{flag.lstrip('-')}" for flag in extra))
         results = stem + ".json"
         cmd = [*launcher(ranks), os.path.join(ROOT, "main.py"), "--use_synthetic_dataset",
                f"--vocab_sizes={vocab_sizes}", f"--global_batch_size={batch}",
                f"--embedding={embedding}",
                f"--early_stop={steps}", f"--log_interval={steps}", "--eval_in_last",
-               f"--results_json={results}", *CONFIGS[name]]
+               f"--results_json={results}", *CONFIGS[name], *extra]
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -91,7 +94,7 @@ def run_configs(out_dir, steps, names, embedding="tf", vocab_sizes="criteo_tb", 
             rows.append({"config": name, "failed": returncode})
             continue
         report = json.load(open(results))
-        row = {"config": name, "embedding": embedding, "flags": " ".join(CONFIGS[name]),
+        row = {"config": name, "embedding": embedding, "flags": " ".join(CONFIGS[name] + list(extra)),
                "ranks": ranks, "global_batch": batch, "wall_seconds": time.perf_counter() - start,
                **{key: report[key] for key in REPORT_KEYS}}
         rows.append(row)
@@ -319,6 +322,8 @@ def main():
                         help="configs: main.py's embedding backend")
     parser.add_argument("--vocab_sizes", default="criteo_tb",
                         help="configs: main.py's --vocab_sizes (criteo_tb: the full table)")
+    parser.add_argument("--extra", default="", help="configs, scaling: main.py flags added to "
+                        "every configuration's, space-separated (e.g. --nofused_table_ops)")
     parser.add_argument("--repeats", type=int, default=20, help="parts: runs per timing loop")
     parser.add_argument("--batch", type=int, default=BATCH,
                         help="the batch (configs: main.py's --global_batch_size)")
@@ -333,13 +338,15 @@ def main():
     names = args.only.split(",") if args.only else list(CONFIGS)
     if args.mode == "configs":
         rows, table = run_configs(args.out, args.steps, names, args.embedding,
-                                  args.vocab_sizes, args.batch, args.timeout)
+                                  args.vocab_sizes, args.batch, args.timeout,
+                                  extra=args.extra.split())
         stem = os.path.join(args.out, f"configs_{args.embedding}")
     elif args.mode == "scaling":
         rows, table = run_scaling(args.out, args.steps, names,
                                   [int(n) for n in args.gpus.split(",")], args.per_gpu_batch,
                                   args.batch, embedding=args.embedding,
-                                  vocab_sizes=args.vocab_sizes, timeout=args.timeout)
+                                  vocab_sizes=args.vocab_sizes, timeout=args.timeout,
+                                  extra=args.extra.split())
         stem = os.path.join(args.out, f"scaling_{args.embedding}")
     else:
         rows, table = run_parts(args.repeats, args.batch, args.rows, args.scores)

@@ -2,16 +2,19 @@
 # One stage of the GPU checks and figures, on a GPU machine with the environment of
 # ../shared/gpu/ unpacked (boot.sh). Logs and JSON go to $OUT (default /tmp/gpu_out).
 #
-#   bash bench/gpu_run.sh build      the custom op against this TensorFlow (CUDA build)
-#   bash bench/gpu_run.sh tests      the GPU-facing tests: the op on the GPU, the step graph
+#   bash bench/gpu_run.sh build      the custom ops against this TensorFlow (CUDA builds)
+#   bash bench/gpu_run.sh tests      the GPU-facing tests: the ops on the GPU, the step graph
 #   bash bench/gpu_run.sh configs    bench_gpu.py configs (the seed's configurations;
 #                                    --embedding=sok for the sok backend)
+#   bash bench/gpu_run.sh share      bench_gpu.py configs at one GPU's share of the 8-GPU job:
+#                                    batch 8192, ceil(v / 8) rows of each Criteo table
 #   bash bench/gpu_run.sh parts      bench_gpu.py parts (the step's parts beside their floors)
 #   bash bench/gpu_run.sh real_data  20M/2M synthetic samples at full Criteo vocabularies:
 #                                    generate, split, train one epoch, evaluate
 #   bash bench/gpu_run.sh profile    a TF profiler trace of steps 41-50 of the first
 #                                    configuration, summarised by bench/trace_summary.py
-#                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12)
+#                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12);
+#                                    SHARE=1: at one GPU's share of the 8-GPU job
 #   bash bench/gpu_run.sh suite [FILES]  the test suite (or FILES), one summary line per file
 #   bash bench/gpu_run.sh sok_tests  the tests that run the real SOK (one rank each; several
 #                                    minutes: each starts TF, SOK and main.py more than once)
@@ -24,15 +27,25 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 stage=$1; shift
+share_flags() {  # main.py's batch and tables for one GPU's share of the 8-GPU job
+  echo "--global_batch_size=8192 --vocab_sizes=$(python -c 'import math, data_format as f
+print(",".join(str(math.ceil(v / 8)) for v in f.CRITEO_TB_VOCAB_SIZES))')"
+}
 case "$stage" in
   build)
-    make -s -C custom_interact PYTHON="$(command -v python)" 2>&1 | grep -v "ptxas info" || true
-    test -f custom_interact/build/_dot_interact_ops.so ;;
+    for ops in custom_interact embedding_ops; do
+      make -s -C $ops PYTHON="$(command -v python)" 2>&1 | grep -v "ptxas info" || true
+    done
+    test -f custom_interact/build/_dot_interact_ops.so && test -f embedding_ops/build/_table_ops.so ;;
   tests)
-    python -m pytest -q tests/test_custom_interact.py tests/test_step_graph.py "$@" 2>&1 \
+    python -m pytest -q tests/test_custom_interact.py tests/test_embedding_ops.py \
+      tests/test_step_graph.py "$@" 2>&1 \
       | tee "$OUT/tests.log" ;;
   configs)
     python bench/bench_gpu.py configs --out="$OUT/configs" "$@" ;;
+  share)
+    python bench/bench_gpu.py configs --out="$OUT/share" --batch=8192 \
+      --vocab_sizes="$(share_flags | sed 's/.*--vocab_sizes=//')" "$@" ;;
   parts)
     python bench/bench_gpu.py parts --out="$OUT/parts" "$@" ;;
   real_data)
@@ -55,7 +68,8 @@ case "$stage" in
     export LD_LIBRARY_PATH=/opt/cupti/nvidia/cuda_cupti/lib:$LD_LIBRARY_PATH
     python main.py --use_synthetic_dataset --vocab_sizes=criteo_tb --global_batch_size=65536 \
       --embedding=tf --amp --xla --custom_interact --early_stop=60 --log_interval=20 \
-      --profile_dir="$OUT/profile" --profile_steps=40:50 "$@" 2>&1 | tee "$OUT/profile.log"
+      --profile_dir="$OUT/profile" --profile_steps=40:50 $([ "${SHARE:-0}" = 1 ] && share_flags) \
+      "$@" 2>&1 | tee "$OUT/profile.log"
     python bench/trace_summary.py "$OUT/profile" --steps=10 --top=40 \
       --json="$OUT/profile_summary.json" | tee -a "$OUT/profile.log" ;;
   suite)  # file by file, so a call's time limit still leaves each finished file's summary
