@@ -438,7 +438,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
                 with phases("log"):
                     trainer.check_loss()
                     elapsed = time.perf_counter() - segment_start
-                    lr = float(trainer.lr_schedule(trainer.step - 1))
+                    with tf.device("/CPU:0"):  # no GPU kernel's first launch (JIT) here
+                        lr = float(trainer.lr_schedule(tf.constant(int(trainer.step) - 1)))
                     samples_per_second = segment_steps * global_batch / max(elapsed, 1e-9)
                     log(f"epoch {epoch} step {steps}: loss {float(loss):.5f} lr {lr:.4f} "
                         f"{samples_per_second:,.0f} samples/s")
