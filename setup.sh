@@ -11,7 +11,7 @@ HOROVOD_VERSION=0.28.1
 STAMP="$VENV/.setup-$(sha1sum requirements.txt | cut -c1-12)-hvd$HOROVOD_VERSION"
 
 build_ops() {
-  make -s -C embedding_ops PYTHON="$VENV/bin/python"
+  make -s -C embedding_ops PYTHON="$(pwd)/$VENV/bin/python"
 }
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import tensorflow, horovod.tensorflow, numpy, absl" 2>/dev/null; then
