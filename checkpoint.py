@@ -449,13 +449,7 @@ class Checkpoints:
                                       f"refusing to train on it")
         for variable, value in zip(variables, values):  # all checked: the state goes in last
             variable.assign(value)
-        state = meta["trainer"]
-        trainer.step.assign(state["step"])
-        trainer.first_nonfinite_loss_step.assign(state["first_nonfinite_loss_step"])
-        if trainer.loss_scale is not None and state["loss_scale"] is not None:
-            trainer.loss_scale.scale.assign(state["loss_scale"]["scale"])
-            trainer.loss_scale.finite_steps.assign(state["loss_scale"]["finite_steps"])
-            trainer.loss_scale.skipped_steps.assign(state["loss_scale"]["skipped_steps"])
+        trainer.restore_state(meta["trainer"])
 
     def save(self, step, epoch, epoch_step, batches_per_epoch, progress):
         """Writes the checkpoint of `step` (a collective: every rank calls it); -> its path.
@@ -498,18 +492,12 @@ class Checkpoints:
 
     def _meta(self, step, epoch, epoch_step, batches_per_epoch, progress, files):
         """meta.json's contents for a save of `step`."""
-        trainer, loss_scale = self.trainer, self.trainer.loss_scale
         return dict(
             format_version=FORMAT_VERSION, num_ranks=hvd.size(),
             position={"step": step, "epoch": epoch, "epoch_step": epoch_step},
-            trainer={"step": int(trainer.step.numpy()),
-                     "first_nonfinite_loss_step": int(trainer.first_nonfinite_loss_step.numpy()),
-                     "loss_scale": None if loss_scale is None else {
-                         "scale": float(loss_scale.scale.numpy()),
-                         "finite_steps": int(loss_scale.finite_steps.numpy()),
-                         "skipped_steps": int(loss_scale.skipped_steps.numpy())}},
+            trainer=self.trainer.state(),
             progress=progress,
-            dense_shapes=[list(v.shape) for v in trainer.model.dense_variables],
+            dense_shapes=[list(v.shape) for v in self.trainer.model.dense_variables],
             files=files,
             **self._must_match(batches_per_epoch))
 

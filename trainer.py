@@ -104,6 +104,18 @@ class DynamicLossScale:
         self.growth_interval = growth_interval
         self.min_scale = min_scale
 
+    def state(self):
+        """-> its state as JSON values: {"scale", "finite_steps", "skipped_steps"}."""
+        return {"scale": float(self.scale.numpy()),
+                "finite_steps": int(self.finite_steps.numpy()),
+                "skipped_steps": int(self.skipped_steps.numpy())}
+
+    def restore_state(self, state):
+        """Sets what state() returned."""
+        self.scale.assign(state["scale"])
+        self.finite_steps.assign(state["finite_steps"])
+        self.skipped_steps.assign(state["skipped_steps"])
+
     def update(self, all_finite):
         """all_finite: bool scalar, identical on every rank. Runs on the device (tf.where, no
         tf.cond)."""
@@ -226,6 +238,21 @@ class Trainer:
         compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
         self._objective = compiled(self._objective_and_mean_loss)
         self._dense_step = compiled(self._bookkeeping_and_dense_update)
+
+    def state(self):
+        """-> the training state beside the variables, as JSON values (what a checkpoint
+        keeps): {"step": updates applied, "first_nonfinite_loss_step", "loss_scale": its
+        state() or None}."""
+        return {"step": int(self.step.numpy()),
+                "first_nonfinite_loss_step": int(self.first_nonfinite_loss_step.numpy()),
+                "loss_scale": None if self.loss_scale is None else self.loss_scale.state()}
+
+    def restore_state(self, state):
+        """Sets what state() returned (a loss scale only where both have one)."""
+        self.step.assign(state["step"])
+        self.first_nonfinite_loss_step.assign(state["first_nonfinite_loss_step"])
+        if self.loss_scale is not None and state["loss_scale"] is not None:
+            self.loss_scale.restore_state(state["loss_scale"])
 
     def build_and_broadcast(self, features):
         """Builds the model on one batch (a collective embedding lookup) and gives every rank

@@ -47,7 +47,8 @@ def test_schedule_steps_scale_with_the_batch():
 
 
 class _TableEmbedding:
-    """A one-rank stand-in with the embedding backends' interface: [B, F] -> [B, F, D]."""
+    """A one-rank stand-in for the part of embedding.EmbeddingBackend the trainer uses:
+    name, variables, __call__ ([B, F] -> [B, F, D]) and apply_gradients."""
     name = "test"
 
     def __init__(self, rows, dim):
@@ -284,3 +285,25 @@ def test_nvtx_ranges_mark_the_loops_phases(nvtx_recorder, tmp_path):
     # In order: the 6 steps, each after its input; the epoch's end; checkpoint; evaluation.
     assert opened[:3] == ["input", "step", "input"]
     assert opened[-3:] == ["input", "checkpoint", "evaluation"]
+
+
+def test_the_trainer_state_round_trips():
+    """state() holds what a checkpoint keeps beside the variables; restore_state sets it."""
+    scale = training.DynamicLossScale(initial_scale=1024.0, growth_interval=2)
+    trainer = training.Trainer(_TinyModel(), lambda step: tf.constant(0.1), global_batch=4,
+                               loss_scale=scale)
+    features, label = _batch()
+    trainer.build_and_broadcast(features)
+    trainer.train_step(*_batch(np.inf))  # skipped: the scale halves
+    for _ in range(3):
+        trainer.train_step(features, label)
+    state = trainer.state()
+    assert state == {"step": 3, "first_nonfinite_loss_step": -1,
+                     "loss_scale": {"scale": 1024.0, "finite_steps": 1, "skipped_steps": 1}}
+    fresh = training.Trainer(_TinyModel(), lambda step: tf.constant(0.1), global_batch=4,
+                             loss_scale=training.DynamicLossScale())
+    fresh.restore_state(state)
+    assert fresh.state() == state
+    plain = training.Trainer(_TinyModel(), lambda step: tf.constant(0.1), global_batch=4)
+    plain.restore_state(state)  # no loss scale here: only the step and the loss record
+    assert plain.state() == {"step": 3, "first_nonfinite_loss_step": -1, "loss_scale": None}
