@@ -19,6 +19,7 @@ sok.init() when it is constructed).
 """
 
 import os
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import tensorflow as tf
@@ -192,9 +193,47 @@ def resolve_backend(backend):
     return "sok", f"auto: SOK {getattr(sok, '__version__', '2.x')} imports"
 
 
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    """What every backend provides (TFEmbedding, SOKEmbedding), on this rank.
+
+    name: "tf" or "sok". vocab_sizes: [F] rows of each feature. dim: D. compress: whether a
+    lookup deduplicates the batch's keys. checkpoint_layout: a phrase naming the tables'
+    layout (a checkpoint records it; restore takes only the same).
+    """
+    name: str
+    vocab_sizes: list
+    dim: int
+    compress: bool
+    checkpoint_layout: str
+
+    @property
+    def variables(self):
+        """-> [the local table shards] (tf.Variable-like, float32 [rows, D])."""
+
+    def __call__(self, ids):
+        """ids int32|int64 [B, F] -> vectors float16|float32 [B, F, D] (a collective on N
+        ranks: every rank calls it, with the same B)."""
+
+    def apply_gradients(self, grads, lr):
+        """SGD on the local rows: grads of `variables` (tf.IndexedSlices), lr float32 scalar;
+        lr 0 changes nothing, even where grads hold inf or nan."""
+
+    def exclude_tables(self, variables):
+        """-> variables without this backend's tables (the dense ones)."""
+
+    def save(self, directory):
+        """Writes this rank's part of the tables into directory (a collective)."""
+
+    def restore(self, directory, saved_num_ranks):
+        """Fills the tables from save's files of saved_num_ranks ranks; ValueError naming the
+        file if they do not fit."""
+
+
 def create_embedding(backend, vocab_sizes, dim, compress=False, initializer=None, seed=0,
                      vector_dtype=tf.float32, fused_table_ops=True, jit_compile=False):
     """Builds the tables of one embedding backend on this rank (after hvd.init()).
+    -> an EmbeddingBackend.
 
     backend: "sok", "tf", or "auto" (see resolve_backend).
     compress: deduplicate the keys of a batch before the exchange.

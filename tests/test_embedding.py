@@ -2,6 +2,7 @@
 sok_stand_in.py (SOK 2.x's rules, on CPU ranks) on 1, 2 and 3 ranks, and on the real SOK 2.x
 on 1 rank where it imports (the GPU machine)."""
 
+import inspect
 import os
 import sys
 import types
@@ -131,6 +132,26 @@ def test_bad_backend_and_missing_sok(monkeypatch):
     with pytest.raises(RuntimeError, match="SparseOperationKit"):
         embedding.create_embedding("sok", [3], 2)
     assert embedding.create_embedding("auto", [3], 2).name == "tf"
+
+
+@pytest.mark.parametrize("backend, options", [("tf", {}), ("tf", {"fused_table_ops": False}),
+                                              ("sok", {}), ("sok", {"compress": True})])
+def test_both_backends_keep_the_contract(monkeypatch, backend, options):
+    """embedding.EmbeddingBackend, written once: every attribute, and each method with its
+    parameters (sok on the stand-in)."""
+    monkeypatch.setitem(sys.modules, "sparse_operation_kit", sok_stand_in.StandInSOK())
+    emb = embedding.create_embedding(backend, [3, 5], 4, **options)
+    assert isinstance(emb, embedding.EmbeddingBackend)
+    assert emb.name == backend and emb.vocab_sizes == [3, 5] and emb.dim == 4
+    assert emb.compress == options.get("compress", False)
+    assert isinstance(emb.checkpoint_layout, str) and emb.checkpoint_layout.startswith(backend)
+    for method in ("__call__", "apply_gradients", "exclude_tables", "save", "restore"):
+        expected = inspect.signature(getattr(embedding.EmbeddingBackend, method))
+        got = inspect.signature(getattr(type(emb), method))
+        assert list(got.parameters) == list(expected.parameters), (method, got, expected)
+    (table,) = emb.variables
+    assert table.shape == (8, 4) and table.dtype == tf.float32
+    assert emb(tf.constant([[0, 4], [2, 1]])).shape == (2, 2, 4)
 
 
 def test_sok_backend_on_a_stand_in(monkeypatch):
