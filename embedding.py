@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
+import xla
+
 BACKENDS = ("auto", "sok", "tf")
 
 
@@ -296,12 +298,10 @@ class TFEmbedding(tf.Module):
         # (K = B * F keys); there TF's gather with its cast, and the update's scaling, compile.
         compiled = (jit_compile and not fused_table_ops and self.num_ranks == 1
                     and not compress)
-        self._gather = tf.function(self._gather_rows, jit_compile=True) if compiled else \
-            self._gather_rows
-        self._scaled = tf.function(scaled_gradient, jit_compile=True) if compiled else \
-            scaled_gradient
+        self._gather = xla.compiled(compiled)(self.gather_rows)
+        self._scaled = xla.compiled(compiled)(scaled_gradient)
 
-    def _gather_rows(self, local_rows):
+    def gather_rows(self, local_rows):
         """local_rows int64 [K] -> vector_dtype [K, D]: this rank's rows, cast in the same pass
         (fused) or after the gather. Its gradient is IndexedSlices of the local shard."""
         if self._table_ops is not None:

@@ -16,6 +16,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+import xla
+
 
 def interaction_width(num_features, dim):
     """Output width of dot_interaction: D + F*(F-1)/2 rounded up to a multiple of 8."""
@@ -106,14 +108,14 @@ class DLRM(tf.keras.Model):
         # scores (ties in the AUC) and can overflow.
         self.top_layers.append(_dense_layer(top_mlp[-1], None, top_seed + 2 * (len(top_mlp) - 1),
                                             dtype="float32"))
-        compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
-        self._features = compiled(self._bottom_mlp_and_vectors)
+        compiled = xla.compiled(jit_compile)
+        self._features = compiled(self.bottom_mlp_and_vectors)
         # dot_interaction compiles with the top MLP; another interaction (the custom op, which
         # has no XLA kernel) runs on its own between the two compiled parts.
         if interaction is dot_interaction:
-            self._interaction, self._top = (lambda x: x), compiled(self._interact_and_top_mlp)
+            self._interaction, self._top = (lambda x: x), compiled(self.interact_and_top_mlp)
         else:
-            self._interaction, self._top = interaction, compiled(self._top_mlp)
+            self._interaction, self._top = interaction, compiled(self.top_mlp)
 
     def _bottom_mlp(self, dense):
         """[B, 13] -> [B, D]."""
@@ -121,21 +123,21 @@ class DLRM(tf.keras.Model):
             dense = layer(dense)
         return dense
 
-    def _bottom_mlp_and_vectors(self, dense, vectors):
+    def bottom_mlp_and_vectors(self, dense, vectors):
         """dense [B, 13], vectors [B, F, D] -> [B, 1 + F, D]: the bottom MLP's output, then the
         vectors (cast to its dtype; compiled together, the concat costs one pass)."""
         bottom = self._bottom_mlp(dense)
         return tf.concat([bottom[:, tf.newaxis, :], tf.cast(vectors, bottom.dtype)], axis=1)
 
-    def _top_mlp(self, interactions):
+    def top_mlp(self, interactions):
         """[B, W] -> logits float32 [B, 1]."""
         for layer in self.top_layers:
             interactions = layer(interactions)
         return tf.cast(interactions, tf.float32)
 
-    def _interact_and_top_mlp(self, features):
+    def interact_and_top_mlp(self, features):
         """[B, 1 + F, D] -> logits float32 [B, 1], with dot_interaction."""
-        return self._top_mlp(dot_interaction(features))
+        return self.top_mlp(dot_interaction(features))
 
     def call(self, inputs, training=False):
         dense, categorical = inputs

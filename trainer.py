@@ -18,6 +18,7 @@ import tensorflow as tf
 from dataset import PAD_LABEL
 from embedding import scaled_gradient
 from metrics import roc_auc_tf
+import xla
 
 REFERENCE_BATCH = 55296  # the batch the schedule's step counts are defined at
 REFERENCE_WARMUP_STEPS = 2750
@@ -235,9 +236,9 @@ class Trainer:
         self.num_ranks = hvd.size()  # one rank: no collective at all in the step
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # updates applied
         self.first_nonfinite_loss_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        compiled = tf.function(jit_compile=True) if jit_compile else (lambda f: f)
-        self._objective = compiled(self._objective_and_mean_loss)
-        self._dense_step = compiled(self._bookkeeping_and_dense_update)
+        compiled = xla.compiled(jit_compile)
+        self._objective = compiled(self.objective_and_mean_loss)
+        self._dense_step = compiled(self.bookkeeping_and_dense_update)
 
     def state(self):
         """-> the training state beside the variables, as JSON values (what a checkpoint
@@ -292,7 +293,7 @@ class Trainer:
             self.model.embedding.apply_gradients(embedding_grads, rate)
         return mean_loss
 
-    def _objective_and_mean_loss(self, logits, label):
+    def objective_and_mean_loss(self, logits, label):
         """logits, label float32 [B, 1] -> (what the step differentiates: the sum of the losses
         over the global batch size, times the loss scale under AMP; the mean loss)."""
         losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits)
@@ -301,7 +302,7 @@ class Trainer:
             objective = objective * self.loss_scale.scale
         return objective, tf.reduce_mean(losses)
 
-    def _bookkeeping_and_dense_update(self, dense_vars, dense_grads, embedding_finite,
+    def bookkeeping_and_dense_update(self, dense_vars, dense_grads, embedding_finite,
                                       mean_loss):
         """AMP's skip decision (embedding_finite: bool scalar, the same on every rank), the
         dense SGD, the loss scale, the non-finite loss record and the step counter.
