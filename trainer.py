@@ -199,6 +199,14 @@ def _write_scalars(summary_writer, step, values):
             tf.summary.scalar(name, value, step=step)
 
 
+def _scalar_writer(summary_writer, telemetry):
+    """-> scalars(step, **values): TensorBoard scalars through summary_writer (None: none)."""
+    def scalars(step, **values):
+        if summary_writer is not None:
+            telemetry.attempt("TensorBoard", lambda: _write_scalars(summary_writer, step, values))
+    return scalars
+
+
 def _all_finite(tensors):
     """-> bool scalar: whether every value of every tensor is finite."""
     flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
@@ -360,6 +368,125 @@ class Trainer:
                                      f"(lower --lr, or use --amp's loss scaling)")
 
 
+class _Clock:
+    """Training time: the steps' wall time in segments between evaluations and checkpoints,
+    this process's first step (tracing and compilation) apart."""
+
+    def __init__(self):
+        self.train_seconds = self.first_step_seconds = 0.0
+        self.start()
+
+    def start(self):
+        """A segment of steps begins."""
+        self._start, self.segment_steps = time.perf_counter(), 0
+
+    def stop(self):
+        """The segment ends: its time counts as training."""
+        self.train_seconds += time.perf_counter() - self._start
+
+    def first_step_done(self):
+        """The process's first step (its loss read back) ends: apart, then a new segment."""
+        self.first_step_seconds = time.perf_counter() - self._start
+        self.start()
+
+    def samples_per_second(self, global_batch):
+        """-> the current segment's rate so far."""
+        return self.segment_steps * global_batch / max(time.perf_counter() - self._start, 1e-9)
+
+
+class _Evaluations:
+    """The evaluations of a run: each one's AUC (exact, all ranks) logged and recorded, their
+    time, and the first step that reached auc_target. Never on non-finite weights."""
+
+    def __init__(self, trainer, eval_dataset, auc_target, phases, log, scalars, done=(),
+                 target_step=None):
+        self.trainer, self.dataset, self.auc_target = trainer, eval_dataset, auc_target
+        self.phases, self.log, self.scalars = phases, log, scalars
+        self.records, self.target_step, self.seconds = list(done), target_step, 0.0
+
+    def run(self, step):
+        """Evaluates the model of `step` -> whether auc_target has been reached."""
+        self.trainer.check_loss()
+        start = time.perf_counter()
+        with self.phases("evaluation"):
+            auc, num_samples = self.trainer.evaluate(self.dataset)
+        auc = auc if math.isfinite(auc) else None  # nan: the test labels hold one class only
+        self.seconds += time.perf_counter() - start
+        self.records.append({"step": step, "auc": auc})
+        if auc is not None:
+            self.scalars(step, auc=auc)
+        self.log(f"eval step {step}: AUC {'n/a (one class)' if auc is None else f'{auc:.6f}'} "
+                 f"over {num_samples} samples ({time.perf_counter() - start:.1f} s)")
+        if (self.auc_target is not None and auc is not None and self.target_step is None
+                and auc >= self.auc_target):
+            self.target_step = step
+        return self.target_step is not None
+
+    def progress(self):
+        """-> what a checkpoint keeps of them (JSON values)."""
+        return {"evaluations": self.records, "target_step": self.target_step}
+
+
+class _Checkpointing:
+    """Saves checkpoints (a checkpoint.Checkpoints, or None: never), every `every` steps
+    (0: none during training), and their time. Never non-finite weights."""
+
+    def __init__(self, checkpoints, every, trainer, phases, log, saved_step):
+        self.checkpoints, self.every, self.trainer = checkpoints, every, trainer
+        self.phases, self.log, self.saved_step, self.seconds = phases, log, saved_step, 0.0
+
+    def due(self, step):
+        return self.checkpoints is not None and self.every and step % self.every == 0
+
+    def save(self, position, batches_per_epoch, progress):
+        """position: (step, epoch, epoch_step) after the step."""
+        self.trainer.check_loss()
+        start = time.perf_counter()
+        with self.phases("checkpoint"):
+            path = self.checkpoints.save(*position, batches_per_epoch, progress)
+        self.seconds += time.perf_counter() - start
+        self.saved_step = position[0]
+        self.log(f"checkpoint of step {position[0]}: {path} "
+                 f"({time.perf_counter() - start:.1f} s)")
+
+
+class _ProfilerWindow:
+    """A TensorFlow profiler trace of this process's steps start+1 .. stop (profile: (start,
+    stop, logdir), or None); a failure warns (Telemetry) and never ends the run."""
+
+    def __init__(self, profile, telemetry, log):
+        self.profile, self.telemetry, self.log = profile, telemetry, log
+        self.tracing = False
+
+    def before_step(self, done):
+        """done: this process's steps so far."""
+        if self.profile and done == self.profile[0]:
+            self.tracing = self.telemetry.attempt(
+                "the profiler", lambda: tf.profiler.experimental.start(self.profile[2]))
+
+    def after_step(self, done, loss, first_step, ended=False):
+        """done: this process's steps, this one included; ended: the run stops here."""
+        if self.tracing and (done == self.profile[1] or ended):
+            float(loss)  # the traced steps' kernels have run
+            self.tracing = False
+            if self.telemetry.attempt("the profiler", tf.profiler.experimental.stop):
+                cut = "" if done == self.profile[1] else (
+                    f" (the run ended before step {first_step + self.profile[1]})")
+                self.log(f"profiler trace of steps {first_step + self.profile[0] + 1}-"
+                         f"{first_step + done}{cut} in {self.profile[2]}")
+
+
+def _log_step(trainer, epoch, step, loss, samples_per_second, log, scalars):
+    """The log line of `step` (reads the loss back: a host sync) and its TensorBoard scalars."""
+    trainer.check_loss()
+    with tf.device("/CPU:0"):  # no GPU kernel's first launch (JIT) here
+        lr = float(trainer.lr_schedule(tf.constant(int(trainer.step) - 1)))
+    log(f"epoch {epoch} step {step}: loss {float(loss):.5f} lr {lr:.4f} "
+        f"{samples_per_second:,.0f} samples/s")
+    scalars(step, loss=float(loss), lr=lr, samples_per_second=samples_per_second,
+            **({"loss_scale": float(trainer.loss_scale.scale)} if trainer.loss_scale else {}))
+
+
 def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_interval=None,
         eval_in_last=False, auc_target=None, log_interval=100, profile=None, log=print,
         summary_writer=None, checkpoints=None, checkpoint_every=0, resume_from=None):
@@ -377,151 +504,103 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
       max_steps and the schedule count from the start of the whole run.
 
     Training time, ms per iteration and samples/s leave out this process's first step
-    (tracing and compilation, reported as first_step_seconds), the evaluations and the
-    checkpoints; total time has all."""
-    global_batch = trainer.global_batch
-    batches_per_epoch = len(train_dataset)
-    train_seconds = eval_seconds = warmup_seconds = checkpoint_seconds = 0.0
-    evaluations, target_step, steps, epoch, epoch_step = [], None, 0, 0, 0
+    (tracing and compilation: first_step_seconds), the evaluations and the checkpoints."""
     run_start = time.perf_counter()
-    phases = Phases()
-    telemetry = Telemetry(log)
+    batches_per_epoch = len(train_dataset)
+    phases, telemetry = Phases(), Telemetry(log)
+    scalars = _scalar_writer(summary_writer, telemetry)
     trainer.build_and_broadcast(next(iter(train_dataset.batches()))[0])
+    step, epoch, epoch_step, progress = 0, 0, 0, {"evaluations": [], "target_step": None}
     if resume_from is not None:
-        meta = checkpoints.load_meta(resume_from, batches_per_epoch)
-        with phases("restore"):
-            checkpoints.restore(resume_from, meta)
-        steps, epoch, epoch_step = (meta["position"][k] for k in ("step", "epoch", "epoch_step"))
-        evaluations = meta["progress"]["evaluations"]
-        target_step = meta["progress"]["target_step"]
-        log(f"resumed from {resume_from}: step {steps} (epoch {epoch}, batch {epoch_step}), "
-            f"{int(trainer.step)} updates applied")
-    first_step, saved_step = steps, steps
-
-    def scalars(**values):
-        if summary_writer is not None:
-            telemetry.attempt("TensorBoard", lambda: _write_scalars(summary_writer, steps, values))
-
-    def run_eval():
-        nonlocal eval_seconds, target_step
-        trainer.check_loss()  # never evaluate non-finite weights
-        start = time.perf_counter()
-        with phases("evaluation"):
-            auc, num_samples = trainer.evaluate(eval_dataset)
-        auc = auc if math.isfinite(auc) else None  # nan: the test labels hold one class only
-        eval_seconds += time.perf_counter() - start
-        evaluations.append({"step": steps, "auc": auc})
-        if auc is not None:
-            scalars(auc=auc)
-        log(f"eval step {steps}: AUC {'n/a (one class)' if auc is None else f'{auc:.6f}'} over "
-            f"{num_samples} samples ({time.perf_counter() - start:.1f} s)")
-        if (auc_target is not None and auc is not None and target_step is None
-                and auc >= auc_target):
-            target_step = steps
-        return target_step is not None
-
-    def save_checkpoint():
-        nonlocal checkpoint_seconds, saved_step
-        trainer.check_loss()  # never save non-finite weights
-        start = time.perf_counter()
-        with phases("checkpoint"):
-            path = checkpoints.save(steps, epoch, epoch_step, batches_per_epoch,
-                                    {"evaluations": evaluations, "target_step": target_step})
-        checkpoint_seconds += time.perf_counter() - start
-        saved_step = steps
-        log(f"checkpoint of step {steps}: {path} ({time.perf_counter() - start:.1f} s)")
-
-    stop = (max_steps is not None and steps >= max_steps) or target_step is not None
-    profiling = False
+        step, epoch, epoch_step, progress = _resume(trainer, checkpoints, resume_from,
+                                                    batches_per_epoch, phases, log)
+    evaluations = _Evaluations(trainer, eval_dataset, auc_target, phases, log, scalars,
+                               progress["evaluations"], progress["target_step"])
+    saving = _Checkpointing(checkpoints, checkpoint_every, trainer, phases, log, step)
+    profiler, clock, first_step = _ProfilerWindow(profile, telemetry, log), _Clock(), step
+    stop = (max_steps is not None and step >= max_steps) or evaluations.target_step is not None
     if epoch_step == batches_per_epoch:  # saved after an epoch's last batch
         epoch, epoch_step = epoch + 1, 0
     while epoch < epochs and not stop:
-        segment_start, segment_steps = time.perf_counter(), 0
+        clock.start()
         batches = iter(train_dataset.batches(epoch_step, epoch))
-        while True:
+        while not stop:
             with phases("input"):
                 batch = next(batches, None)
             if batch is None:
                 break
-            run_steps = steps - first_step  # this process's steps so far
-            if profile and run_steps == profile[0]:
-                profiling = telemetry.attempt(
-                    "the profiler", lambda: tf.profiler.experimental.start(profile[2]))
+            profiler.before_step(step - first_step)
             with phases("step"):
                 loss = trainer.train_step(*batch)
-            steps, epoch_step, run_steps = steps + 1, epoch_step + 1, run_steps + 1
-            if profiling and run_steps == profile[1]:
-                float(loss)  # the traced steps' kernels have run
-                profiling = False
-                if telemetry.attempt("the profiler", tf.profiler.experimental.stop):
-                    log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} "
-                        f"in {profile[2]}")
-            segment_steps += 1
-            if run_steps == 1:  # tracing and compilation: timed apart from the training steps
+            step, epoch_step, clock.segment_steps = step + 1, epoch_step + 1, clock.segment_steps + 1
+            last = max_steps is not None and step >= max_steps
+            profiler.after_step(step - first_step, loss, first_step)
+            if step - first_step == 1:  # tracing and compilation: timed apart
                 float(loss)
-                warmup_seconds = time.perf_counter() - segment_start
-                segment_start, segment_steps = time.perf_counter(), 0
-            last = max_steps is not None and steps >= max_steps
-            if steps % log_interval == 0 or last:
+                clock.first_step_done()
+            if step % log_interval == 0 or last:
                 with phases("log"):
-                    trainer.check_loss()
-                    elapsed = time.perf_counter() - segment_start
-                    with tf.device("/CPU:0"):  # no GPU kernel's first launch (JIT) here
-                        lr = float(trainer.lr_schedule(tf.constant(int(trainer.step) - 1)))
-                    samples_per_second = segment_steps * global_batch / max(elapsed, 1e-9)
-                    log(f"epoch {epoch} step {steps}: loss {float(loss):.5f} lr {lr:.4f} "
-                        f"{samples_per_second:,.0f} samples/s")
-                    scalars(loss=float(loss), lr=lr, samples_per_second=samples_per_second,
-                            **({"loss_scale": float(trainer.loss_scale.scale)}
-                               if trainer.loss_scale else {}))
-            evaluate = eval_interval and steps % eval_interval == 0 and eval_dataset is not None
-            save = checkpoints is not None and checkpoint_every and steps % checkpoint_every == 0
-            if evaluate or save:
-                train_seconds += time.perf_counter() - segment_start
-                if evaluate:
-                    stop = run_eval()
-                if save:
-                    save_checkpoint()
-                segment_start, segment_steps = time.perf_counter(), 0
+                    _log_step(trainer, epoch, step, loss,
+                              clock.samples_per_second(trainer.global_batch), log, scalars)
+            evaluate = eval_interval and step % eval_interval == 0 and eval_dataset is not None
+            if evaluate or saving.due(step):
+                clock.stop()
+                stop = evaluate and evaluations.run(step)
+                if saving.due(step):
+                    saving.save((step, epoch, epoch_step), batches_per_epoch,
+                                evaluations.progress())
+                clock.start()
             stop = stop or last
-            if stop:
-                break
         trainer.check_loss()
-        train_seconds += time.perf_counter() - segment_start
+        clock.stop()
         if not stop:
             epoch, epoch_step = epoch + 1, 0
-    if profiling:  # the run ended inside the traced steps
-        float(loss)
-        if telemetry.attempt("the profiler", tf.profiler.experimental.stop):
-            log(f"profiler trace of steps {first_step + profile[0] + 1}-{steps} (the run "
-                f"ended before step {first_step + profile[1]}) in {profile[2]}")
-    if checkpoints is not None and saved_step != steps:
-        save_checkpoint()
-    if eval_in_last and eval_dataset is not None and (not evaluations
-                                                      or evaluations[-1]["step"] != steps):
-        run_eval()
+    if profiler.tracing:  # the run ended inside the traced steps
+        profiler.after_step(step - first_step, loss, first_step, ended=True)
+    if checkpoints is not None and saving.saved_step != step:
+        saving.save((step, epoch, epoch_step), batches_per_epoch, evaluations.progress())
+    if eval_in_last and eval_dataset is not None and (
+            not evaluations.records or evaluations.records[-1]["step"] != step):
+        evaluations.run(step)
     if summary_writer is not None:
         telemetry.attempt("TensorBoard", summary_writer.flush)
-    total_seconds = time.perf_counter() - run_start
+    return _report(trainer, step, first_step, resume_from, clock, evaluations, saving,
+                   time.perf_counter() - run_start, auc_target)
+
+
+def _resume(trainer, checkpoints, path, batches_per_epoch, phases, log):
+    """Loads the checkpoint at path -> (step, epoch, epoch_step, progress)."""
+    meta = checkpoints.load_meta(path, batches_per_epoch)
+    with phases("restore"):
+        checkpoints.restore(path, meta)
+    step, epoch, epoch_step = (meta["position"][k] for k in ("step", "epoch", "epoch_step"))
+    log(f"resumed from {path}: step {step} (epoch {epoch}, batch {epoch_step}), "
+        f"{int(trainer.step)} updates applied")
+    return step, epoch, epoch_step, meta["progress"]
+
+
+def _report(trainer, step, first_step, resume_from, clock, evaluations, saving,
+            total_seconds, auc_target):
+    """-> the run's report (JSON values; format_report prints it)."""
+    run_steps, global_batch = step - first_step, trainer.global_batch
     skipped = int(trainer.loss_scale.skipped_steps.numpy()) if trainer.loss_scale else 0
-    run_steps = steps - first_step
     return {
         "num_ranks": hvd.size(),
         "global_batch_size": global_batch,
-        "steps": steps,
+        "steps": step,
         "resumed_from_step": first_step if resume_from is not None else None,
-        "training_minutes": train_seconds / 60,
-        "evaluating_minutes": eval_seconds / 60,
-        "checkpoint_minutes": checkpoint_seconds / 60,
+        "training_minutes": clock.train_seconds / 60,
+        "evaluating_minutes": evaluations.seconds / 60,
+        "checkpoint_minutes": saving.seconds / 60,
         "total_minutes": total_seconds / 60,
-        "first_step_seconds": warmup_seconds,
-        "ms_per_iteration": 1e3 * train_seconds / max(run_steps - 1, 1),
-        "samples_per_second": ((run_steps - 1) * global_batch / train_seconds
-                               if train_seconds else 0.0),
-        "auc": evaluations[-1]["auc"] if evaluations else None,
+        "first_step_seconds": clock.first_step_seconds,
+        "ms_per_iteration": 1e3 * clock.train_seconds / max(run_steps - 1, 1),
+        "samples_per_second": ((run_steps - 1) * global_batch / clock.train_seconds
+                               if clock.train_seconds else 0.0),
+        "auc": evaluations.records[-1]["auc"] if evaluations.records else None,
         "auc_target": auc_target,
-        "target_reached_at_step": target_step,
-        "evaluations": evaluations,
+        "target_reached_at_step": evaluations.target_step,
+        "evaluations": evaluations.records,
         "skipped_steps": skipped,
     }
 
