@@ -12,14 +12,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc, run_main, run_main_alone
+from conftest import (ROOT, SMALL_VOCAB as VOCAB, VENV_BIN, horovodrun, pairwise_auc, run_main,
+                      run_main_alone)
 import embedding
 import split_bin
 import synthetic_data
 
 WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
-VOCAB = [7, 300, 41, 2, 90, 1000] + [13, 29, 3, 55, 120, 17, 9, 64, 200, 31, 5, 77,
-                                     11, 150, 23, 8, 44, 6, 19, 250]
 
 
 PREDICTION_ATOL = 1e-5
