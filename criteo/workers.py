@@ -4,6 +4,7 @@ scans it into the seen arrays (scan_chunk), pass 2 converts it and writes its ro
 (convert_chunk).
 """
 
+import contextlib
 import ctypes
 import dataclasses
 import multiprocessing
@@ -37,8 +38,7 @@ class WorkerContext:
     bytes_read: object = None  # input bytes consumed so far (a shared Value), for progress
 
 
-# The context of the pass that runs: set by run_in_workers before its pool forks.
-_context = None
+_context = None  # what scan_chunk and convert_chunk read: set by worker_context
 
 
 class ScanTask(NamedTuple):
@@ -80,6 +80,18 @@ def _worker_init():
         pass
 
 
+@contextlib.contextmanager
+def worker_context(context):
+    """Makes the WorkerContext the one scan_chunk and convert_chunk read, in this process and
+    in the workers it forks meanwhile (run_in_workers does, around its pool)."""
+    global _context
+    _context = context
+    try:
+        yield
+    finally:
+        _context = None
+
+
 def _next_result(results, progress, bytes_read, poll_seconds):
     """The pool's next result, updating progress every poll_seconds while waiting."""
     while True:
@@ -93,20 +105,16 @@ def run_in_workers(job, tasks, context, workers, progress, on_result, poll_secon
     """Runs job(task) for every task in a pool of at most `workers` forked processes that
     inherit context; calls on_result(result) in the main process in completion order and
     reports the input bytes read to progress (a progress.Progress)."""
-    global _context
     if not tasks:
         return
     fork = multiprocessing.get_context("fork")
     bytes_read = fork.Value("q", 0)
-    _context = dataclasses.replace(context, bytes_read=bytes_read)
-    try:
-        with fork.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
-            results = pool.imap_unordered(job, tasks, chunksize=1)
-            for _ in range(len(tasks)):
-                on_result(_next_result(results, progress, bytes_read, poll_seconds))
-                progress.update(min(bytes_read.value, progress.total - 1))
-    finally:
-        _context = None
+    with (worker_context(dataclasses.replace(context, bytes_read=bytes_read)),
+          fork.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool):
+        results = pool.imap_unordered(job, tasks, chunksize=1)
+        for _ in range(len(tasks)):
+            on_result(_next_result(results, progress, bytes_read, poll_seconds))
+            progress.update(min(bytes_read.value, progress.total - 1))
 
 
 def scan_chunk(task):
