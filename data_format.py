@@ -10,9 +10,11 @@ Split format (output of split_bin.py, input of dataset.py), one directory per fi
   metadata.json      format_version, num_samples, vocab_sizes, files (name -> dtype, shape),
                      dense_transform, source (name, size_bytes)
 
-Also the one home of how this project writes files: atomically (write_json_atomic), after a
-check at start that the place takes a file (check_writable_directory, check_writable_file),
-and with the leftovers of killed writers removed on the next run (remove_dead_leftovers).
+Also the one home of what the converters and the reader share: their error (InputError), the
+check of labels and ids (check_labels, check_ids), and how this project writes files:
+atomically (atomic_file, write_json_atomic), after a check at start that the place takes a
+file (check_writable_directory, check_writable_file), and with the leftovers of killed
+writers removed on the next run (remove_dead_leftovers).
 """
 
 import contextlib
@@ -52,6 +54,11 @@ CRITEO_TB_VOCAB_SIZES = (
     39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10,
     2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
 )
+
+
+class InputError(ValueError):
+    """Bad input or options of a converter (preprocess_criteo.py, split_bin.py): the message
+    is one line naming the file, the place in it (line, sample, field) and the value."""
 
 
 def scaled_vocab_sizes(sizes=CRITEO_TB_VOCAB_SIZES, factor=1000):
@@ -179,6 +186,37 @@ def read_metadata(directory):
             raise ValueError(f"{file_path}: {actual} bytes, but {path} says {num_samples} "
                              f"samples of {dtype.name} x {math.prod(shape[1:])} = {expected} bytes")
     return meta
+
+
+def id_limits(vocab_sizes, rows):
+    """uint32 [rows, F]: the F vocabulary sizes in every row; check_ids' bounds for batches of
+    up to `rows` samples."""
+    return np.tile(np.asarray(vocab_sizes, np.uint32), (rows, 1))
+
+
+def check_labels(labels, first_sample, path, error=InputError):
+    """Raises error("PATH: sample S: label is V, expected 0 or 1") for the first label of
+    labels (int8 or int32 [n], samples first_sample..) that is not 0 or 1."""
+    unsigned = labels.view(f"u{labels.dtype.itemsize}")  # negatives wrap: one compare
+    if len(labels) and unsigned.max() > 1:
+        i = int(np.flatnonzero(unsigned > 1)[0])
+        raise error(f"{path}: sample {first_sample + i}: label is {labels[i]}, expected 0 or 1")
+
+
+def check_ids(ids, limits, first_sample, path_of_feature, error=InputError):
+    """Raises error("PATH: sample S: categorical feature F is V, outside [0, VOCAB)") for the
+    first id of ids (int32 [n, F], samples first_sample..) outside [0, vocab). limits:
+    id_limits(vocab_sizes, rows), tiled again here if n > rows; path_of_feature(f) -> the
+    file to name."""
+    if len(ids) > len(limits):
+        limits = id_limits(limits[0], len(ids))
+    # Negative ids wrap to >= 2**31 > any vocabulary: one unsigned compare checks both ends,
+    # against the limits tiled per row (a broadcast over rows of 26 is 3x slower).
+    out_of_range = ids.view(np.uint32) >= limits[:len(ids)]
+    if out_of_range.any():
+        i, feature = (int(x) for x in np.argwhere(out_of_range)[0])
+        raise error(f"{path_of_feature(feature)}: sample {first_sample + i}: categorical "
+                    f"feature {feature} is {ids[i, feature]}, outside [0, {limits[0, feature]})")
 
 
 def fsync_path(path):

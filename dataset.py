@@ -145,7 +145,7 @@ class SplitDataset:
         layout = fmt.file_layout(self.num_samples, self.vocab_sizes)
         self._files = {name: self._map(name, dtype, shape) for name, (dtype, shape) in layout.items()}
         self._categories = [self._files[fmt.category_file(f)] for f in range(len(self.vocab_sizes))]
-        self._vocab_limits = np.tile(np.asarray(self.vocab_sizes, np.uint32), batch_size)
+        self._id_limits = fmt.id_limits(self.vocab_sizes, batch_size)
 
     def _map(self, name, dtype, shape):
         if self.num_samples == 0:
@@ -173,21 +173,10 @@ class SplitDataset:
     def check(self, start, categorical, raw_label):
         """Raises DataError unless every id of categorical int32 [n, F] (samples start..) is in
         [0, vocab) and every label of raw_label int8 [n] is 0 or 1."""
-        if len(raw_label) and raw_label.view(np.uint8).max() > 1:
-            i = int(np.flatnonzero(raw_label.view(np.uint8) > 1)[0])
-            raise DataError(f"{os.path.join(self.data_dir, fmt.LABEL_FILE)}: sample {start + i}: "
-                            f"label is {raw_label[i]}, expected 0 or 1")
-        # Negative ids wrap to >= 2**31 > any vocabulary: one unsigned compare checks both ends,
-        # flat against the limits tiled per row (a broadcast over rows of 26 is 3x slower).
-        limits = self._vocab_limits
-        if categorical.size > limits.size:  # more rows than a batch
-            limits = np.tile(limits[:len(self.vocab_sizes)], len(categorical))
-        out_of_range = categorical.view(np.uint32).reshape(-1) >= limits[:categorical.size]
-        if out_of_range.any():
-            i, feature = divmod(int(np.flatnonzero(out_of_range)[0]), len(self.vocab_sizes))
-            raise DataError(f"{os.path.join(self.data_dir, fmt.category_file(feature))}: sample "
-                            f"{start + i}: categorical feature {feature} is "
-                            f"{categorical[i, feature]}, outside [0, {self.vocab_sizes[feature]})")
+        fmt.check_labels(raw_label, start, os.path.join(self.data_dir, fmt.LABEL_FILE), DataError)
+        fmt.check_ids(categorical, self._id_limits, start,
+                      lambda feature: os.path.join(self.data_dir, fmt.category_file(feature)),
+                      DataError)
 
     def _make_batch(self, batch_range):
         start, count, rows = batch_range

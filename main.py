@@ -10,6 +10,7 @@ rank 0 (`main.py: error: ...`, exit status 2); `-h` / `--help` lists the flags.
 
 import math
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -201,8 +202,11 @@ def _fail(message, every_rank=False):
     if every_rank or _rank() == 0:
         sys.stdout.flush()
         print(f"main.py: error: {message}", file=sys.stderr, flush=True)
-    else:
-        time.sleep(1.0)  # horovodrun kills the job at the first exit: let rank 0 say why first
+    else:  # the launcher ends the job at the first exit: let rank 0 say why and end first,
+        # then end at the launcher's SIGTERM with status 2 (killed by it, this rank's shell
+        # would print "Terminated" after the error), or after 10 s without a launcher's
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(2))
+        time.sleep(10.0)
     sys.exit(2)
 
 
@@ -341,7 +345,6 @@ def train():
                              f"by the number of ranks ({world})")
     batch = FLAGS.global_batch_size // world
     say = print if hvd.rank() == 0 else (lambda *a, **k: None)
-    say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
     summary_writer = _claim_outputs(tf, hvd, fmt, checkpoint, say)
 
     shuffle_seed = None  # the training batches' order: file order
@@ -372,6 +375,9 @@ def train():
                 f"{FLAGS.data_dir}: train/ and test/ metadata.json disagree on vocab_sizes"
                 f"[{feature}]: {vocab_sizes[feature]} in train, {eval_data.vocab_sizes[feature]} "
                 f"in test")
+    # Only now, after the checks of the outputs and the data: a start line printed before
+    # them could reach the user after their error (horovodrun relays stdout and stderr apart).
+    say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
 
     if FLAGS.amp:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")

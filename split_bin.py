@@ -18,16 +18,16 @@ import threading
 import numpy as np
 
 import data_format as fmt
+from data_format import InputError
 from progress import Progress
 
-
-class InputError(ValueError):
-    """Bad input: the message names the file, the field and the value."""
+CACHE_BLOCK_ROWS = 4096  # samples converted at a time, in L2 cache
 
 
 def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18,
-          progress_stream=sys.stderr, progress_seconds=10.0):
-    """Writes out_dir in the split format from the raw file raw_path; returns the metadata."""
+          progress_stream=sys.stderr, progress_seconds=10.0, block_rows=CACHE_BLOCK_ROWS):
+    """Writes out_dir in the split format from the raw file raw_path; returns the metadata.
+    Reads chunk_samples samples at a time and converts them block_rows at a time."""
     if len(vocab_sizes) != fmt.NUM_CATEGORICAL:
         raise InputError(f"--vocab_sizes: {len(vocab_sizes)} entries, expected "
                          f"{fmt.NUM_CATEGORICAL} (one per categorical feature)")
@@ -60,7 +60,7 @@ def split(raw_path, out_dir, vocab_sizes, overwrite=False, chunk_samples=1 << 18
     tmp_dir = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
     os.mkdir(tmp_dir)
     try:
-        _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples,
+        _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples, block_rows,
                      progress_stream, progress_seconds)
         meta = fmt.make_metadata(num_samples, vocab_sizes, os.path.basename(raw_path), size)
         fmt.write_json_atomic(os.path.join(tmp_dir, fmt.METADATA_NAME), meta)
@@ -96,25 +96,23 @@ def _read_chunks(raw_path, num_samples, chunk_samples, buffers, ready, free):
 
 
 class _ChunkConverter:
-    """Converts raw int32 [n, 40] chunks to the split format's columns, in sub-blocks that
-    stay in L2 cache (the 26 strided column reads of a whole chunk would each stream it
-    from memory)."""
+    """Converts raw int32 [n, 40] chunks to the split format's columns, in blocks of
+    block_rows samples that stay in L2 cache (the 26 strided column reads of a whole chunk
+    would each stream it from memory)."""
 
-    BLOCK = 4096
-
-    def __init__(self, raw_path, vocab_sizes, chunk_samples):
+    def __init__(self, raw_path, vocab_sizes, chunk_samples, block_rows):
         self.raw_path = raw_path
-        self.vocab = np.asarray(vocab_sizes, dtype=np.uint32)
+        self.block_rows = block_rows
         self.label = np.empty(chunk_samples, fmt.LABEL_DTYPE)
         self.dense = np.empty((chunk_samples, fmt.NUM_DENSE), fmt.DENSE_DTYPE)
         self.categories = [np.empty(chunk_samples, fmt.category_dtype(v)) for v in vocab_sizes]
-        self._log_dense = np.empty((self.BLOCK, fmt.NUM_DENSE), np.float32)
-        self._out_of_range = np.empty((self.BLOCK, fmt.NUM_CATEGORICAL), bool)
+        self._id_limits = fmt.id_limits(vocab_sizes, block_rows)
+        self._log_dense = np.empty((block_rows, fmt.NUM_DENSE), np.float32)
 
     def convert(self, raw, first_sample):
         """raw: int32 [n, 40] -> fills label[:n], dense[:n], categories[f][:n]."""
-        for a in range(0, len(raw), self.BLOCK):
-            block = raw[a:a + self.BLOCK]
+        for a in range(0, len(raw), self.block_rows):
+            block = raw[a:a + self.block_rows]
             b = a + len(block)
             self._check(block, first_sample + a)
             log_dense = self._log_dense[:len(block)]
@@ -129,31 +127,21 @@ class _ChunkConverter:
     def _check(self, block, first_sample):
         """Raises InputError for a label not in {0, 1}, a dense value below DENSE_MIN or an
         id outside [0, vocab)."""
-        labels = block[:, 0]
-        if labels.view(np.uint32).max() > 1:
-            i = int(np.flatnonzero(labels.view(np.uint32) > 1)[0])
-            raise InputError(f"{self.raw_path}: sample {first_sample + i}: label is "
-                             f"{labels[i]}, expected 0 or 1")
+        fmt.check_labels(block[:, 0], first_sample, self.raw_path)
         dense = block[:, 1:1 + fmt.NUM_DENSE]
         if dense.min() < fmt.DENSE_MIN:
             i, j = np.argwhere(dense < fmt.DENSE_MIN)[0]
             raise InputError(f"{self.raw_path}: sample {first_sample + i}: dense feature {j} "
                              f"is {dense[i, j]}, below {fmt.DENSE_MIN} "
                              f"({fmt.DENSE_TRANSFORM} needs x > -3)")
-        ids = block[:, 1 + fmt.NUM_DENSE:]
-        # Negative ids wrap to values >= 2**31 > any vocab: one unsigned compare checks both ends.
-        bad = np.greater_equal(ids.view(np.uint32), self.vocab,
-                               out=self._out_of_range[:len(block)])
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            raise InputError(f"{self.raw_path}: sample {first_sample + i}: categorical feature "
-                             f"{j} is {ids[i, j]}, outside [0, {self.vocab[j]})")
+        fmt.check_ids(block[:, 1 + fmt.NUM_DENSE:], self._id_limits, first_sample,
+                      lambda feature: self.raw_path)
 
 
-def _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples,
+def _write_split(raw_path, tmp_dir, num_samples, vocab_sizes, chunk_samples, block_rows,
                  progress_stream, progress_seconds):
     """Reads in a background thread (two buffers), converts and writes in this one."""
-    converter = _ChunkConverter(raw_path, vocab_sizes, chunk_samples)
+    converter = _ChunkConverter(raw_path, vocab_sizes, chunk_samples, block_rows)
     buffers = [np.empty((chunk_samples, fmt.RAW_INTS_PER_SAMPLE), fmt.RAW_DTYPE) for _ in range(2)]
     ready, free = queue.Queue(), queue.Queue()
     for slot in range(len(buffers)):

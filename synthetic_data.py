@@ -19,6 +19,7 @@ import argparse
 import multiprocessing
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,40 +78,49 @@ def generate_chunk(seed, file_index, chunk_index, n, vocab_sizes):
     return raw, prob
 
 
+class _ChunkTask(NamedTuple):
+    """One chunk of a raw file, for _write_chunk."""
+    path: str  # the file being written, already of its full size
+    file_index: int
+    chunk_index: int
+    first: int  # the chunk's first sample
+    samples: int
+    vocab_sizes: tuple
+    seed: int
+    keep_probabilities: bool
+
+
 def _write_chunk(task):
-    """Generates one chunk and writes it at its offset of the file `path` (which has its full
-    size already). -> (labels int8 [n], probabilities float32 [n]) if keep, else None."""
-    path, file_index, chunk_index, first, n, vocab_sizes, seed, keep = task
-    raw, prob = generate_chunk(seed, file_index, chunk_index, n, vocab_sizes)
-    with open(path, "r+b") as f:
-        os.pwrite(f.fileno(), raw.tobytes(), first * fmt.RAW_BYTES_PER_SAMPLE)
-    return (raw[:, 0].astype(np.int8), prob.astype(np.float32)) if keep else None
+    """Generates one chunk (a _ChunkTask) and writes it at its offset of the file.
+    -> (labels int8 [n], probabilities float32 [n]) if task.keep_probabilities, else None."""
+    raw, prob = generate_chunk(task.seed, task.file_index, task.chunk_index, task.samples,
+                               task.vocab_sizes)
+    with open(task.path, "r+b") as f:
+        os.pwrite(f.fileno(), raw.tobytes(), task.first * fmt.RAW_BYTES_PER_SAMPLE)
+    if not task.keep_probabilities:
+        return None
+    return raw[:, 0].astype(np.int8), prob.astype(np.float32)
 
 
 def write_raw(path, file_index, num_samples, vocab_sizes, seed, keep_probabilities=False,
               progress=None, first_done=0, pool=None):
-    """Writes num_samples synthetic samples to path (through a temporary name), chunk by
-    chunk (in `pool`'s processes, if given, each writing its chunk at its offset), reporting
-    first_done + samples written to `progress` (a progress.Progress) as chunks complete.
-    Returns (labels int8 [n], probabilities float32 [n]) if keep_probabilities, else None."""
-    tmp = f"{path}.partial-{os.getpid()}"
-    tasks = [(tmp, file_index, chunk_index, first, min(CHUNK_SAMPLES, num_samples - first),
-              tuple(vocab_sizes), seed, keep_probabilities)
-             for chunk_index, first in enumerate(range(0, num_samples, CHUNK_SAMPLES))]
+    """Writes num_samples synthetic samples to path (atomically, data_format.atomic_file),
+    chunk by chunk (in `pool`'s processes, if given, each writing its chunk at its offset),
+    reporting first_done + samples written to `progress` (a progress.Progress) as chunks
+    complete. Returns (labels int8 [n], probabilities float32 [n]) if keep_probabilities,
+    else None."""
     kept = []
-    try:
-        with open(tmp, "wb") as f:
-            f.truncate(num_samples * fmt.RAW_BYTES_PER_SAMPLE)
+    with fmt.atomic_file(path, "wb") as f:
+        f.truncate(num_samples * fmt.RAW_BYTES_PER_SAMPLE)
+        tasks = [_ChunkTask(f.name, file_index, chunk_index, first,
+                            min(CHUNK_SAMPLES, num_samples - first), tuple(vocab_sizes), seed,
+                            keep_probabilities)
+                 for chunk_index, first in enumerate(range(0, num_samples, CHUNK_SAMPLES))]
         results = pool.imap(_write_chunk, tasks) if pool is not None else map(_write_chunk, tasks)
         for task, result in zip(tasks, results):  # in file order
             if progress is not None:
-                progress.update(first_done + task[3] + task[4])
+                progress.update(first_done + task.first + task.samples)
             kept.append(result)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     if keep_probabilities:
         return (np.concatenate([k[0] for k in kept] or [np.zeros(0, np.int8)]),
                 np.concatenate([k[1] for k in kept] or [np.zeros(0, np.float32)]))

@@ -38,6 +38,9 @@ import pyarrow.csv as pacsv
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_format as fmt  # noqa: E402
 import preprocess_criteo as pc  # noqa: E402
+from criteo import files, reading, shuffle, vocabulary  # noqa: E402
+from criteo.workers import (ConvertTask, ScanTask, WorkerContext, convert_chunk,  # noqa: E402
+                            scan_chunk, worker_context)
 
 ROWS_PER_CHUNK = 100_000
 SKEW = 3.0
@@ -112,23 +115,22 @@ def _peak_rss_mb():
 
 def _memory_pass1(vocab_path, queue):
     start = _peak_rss_mb()
-    seen, touched = pc._allocate_seen(pc.HASH_MOD)
+    seen = vocabulary.SeenValues.allocate(pc.HASH_MOD)
     for f, n in enumerate(fmt.CRITEO_TB_VOCAB_SIZES):
         step = pc.HASH_MOD // n
         values = np.arange(0, step * n, step, dtype=np.uint32)  # spread like hashes
-        seen[f][values] = 1
-        touched[f][values >> pc.TOUCH_SHIFT] = 1
+        seen.mark(f, values)
         del values
     filled = _peak_rss_mb()
     t = time.perf_counter()
-    counts = pc._write_vocab(vocab_path, pc.HASH_MOD, seen, touched)
+    counts = vocabulary.write_vocabulary(vocab_path, pc.HASH_MOD, seen)
     queue.put(("pass 1", start, filled, _peak_rss_mb(), time.perf_counter() - t, counts))
 
 
 def _memory_pass2(vocab_path, queue):
     start = _peak_rss_mb()
     t = time.perf_counter()
-    tables = pc._build_tables(vocab_path)
+    tables = vocabulary.build_id_tables(vocab_path)
     took = time.perf_counter() - t
     nbytes = sum(table.nbytes for table in tables)
     queue.put(("pass 2", start, nbytes / 2**20, _peak_rss_mb(), took, None))
@@ -136,26 +138,28 @@ def _memory_pass2(vocab_path, queue):
 
 def _memory_worker(path, queue):
     """A worker's own memory: pass 1 and pass 2 of one file with tiny tables (hash_mod 1000)."""
-    pc._G.update(mod=1000, progress=None)
-    pc._G["seen"], pc._G["touched"] = pc._allocate_seen(1000)
+    seen = vocabulary.SeenValues.allocate(1000)
     start = _peak_rss_mb()
-    units = pc._units(0, path, 1 << 40)
-    lines = sum(pc._pass1_unit((u, True, pc.DEFAULT_BLOCK_BYTES))[2] for u in units)
+    chunks = reading.input_chunks(0, path, 1 << 40)
+    with worker_context(WorkerContext(1000, pc.DEFAULT_BLOCK_BYTES, seen=seen)):
+        lines = sum(scan_chunk(ScanTask(c, True)).lines for c in chunks)
     vocab = path + ".vocab"
-    pc._write_vocab(vocab, 1000, pc._G["seen"], pc._G["touched"])
-    pc._G["tables"], pc._G["unseen"] = pc._build_tables(vocab), np.full(26, -1)
+    vocabulary.write_vocabulary(vocab, 1000, seen)
+    context = WorkerContext(1000, pc.DEFAULT_BLOCK_BYTES,
+                            id_tables=vocabulary.build_id_tables(vocab), unseen_ids=np.full(26, -1))
     out = path + ".out"
     with open(out, "wb") as f:
         f.truncate(lines * fmt.RAW_BYTES_PER_SAMPLE)
-    for u in units:
-        pc._pass2_unit((u, pc.DEFAULT_BLOCK_BYTES, out, 0, lines, None))
+    with worker_context(context):
+        for c in chunks:
+            convert_chunk(ConvertTask(c, out, 0, lines, None))
     os.remove(vocab)
     os.remove(out)
     queue.put(("worker", start, None, _peak_rss_mb(), None, None))
 
 
 def _shuffle_run(work_dir, megabytes, memory_bytes, queue):
-    work = pc._Work(work_dir)
+    work = files.WorkDir(work_dir)
     os.makedirs(work.dir, exist_ok=True)
     n = int(megabytes * 1e6) // fmt.RAW_BYTES_PER_SAMPLE
     rng = np.random.default_rng(0)
@@ -163,9 +167,9 @@ def _shuffle_run(work_dir, megabytes, memory_bytes, queue):
         for first in range(0, n, 1 << 16):  # small pieces: a low peak before the shuffle
             rng.integers(0, 1 << 20, (min(1 << 16, n - first), 40), np.int32).tofile(f)
     start = _peak_rss_mb()
-    state = {"options": {"seed": 123, "shuffle_block_rows": pc.SHUFFLE_BLOCK_ROWS,
+    state = {"options": {"seed": 123, "shuffle_block_rows": shuffle.SHUFFLE_BLOCK_ROWS,
                          "shuffle_memory_bytes": memory_bytes}}
-    timings = pc._shuffle_train(work, state, n, None, 10.0)
+    timings = shuffle.shuffle_train(work, state, n, None, 10.0)
     peak = _peak_rss_mb()
     shutil.rmtree(work_dir)
     queue.put((n, state["shuffle"]["buckets"], timings, start, peak))

@@ -10,6 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 VENV_BIN = os.path.dirname(sys.executable)
+# The 26 small vocabularies of the tests that train on split files (any size from 2 to 1000).
+SMALL_VOCAB = [7, 300, 41, 2, 90, 1000] + [13, 29, 3, 55, 120, 17, 9, 64, 200, 31, 5, 77, 11,
+                                           150, 23, 8, 44, 6, 19, 250]
 # The tests compare float32 against float64 references at float32 tolerances: on a GPU, no
 # TF32 in cuBLAS (this process and every rank it starts). test_custom_interact turns TF's own
 # TF32 switch on where it tests the op's TF32 path.

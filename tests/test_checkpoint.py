@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, main_command, run_main, run_main_alone
+from conftest import ROOT, SMALL_VOCAB as VOCAB, main_command, run_main, run_main_alone
 import checkpoint
 import dataset
 import embedding
@@ -34,8 +34,6 @@ import trainer as training
 
 hvd.init()
 
-VOCAB = [7, 300, 41, 2, 90, 1000] + [13, 29, 3, 55, 120, 17, 9, 64, 200, 31, 5, 77,
-                                     11, 150, 23, 8, 44, 6, 19, 250]
 GLOBAL_BATCH = 64
 BATCHES_PER_EPOCH = 6
 DIM = 8

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import ROOT
+from criteo import files, parsing, reading, shuffle, vocabulary
 import data_format as fmt
 import preprocess_criteo as pc
 import split_bin
@@ -140,16 +141,16 @@ def test_hex_decoding_matches_int_base_16():
     arr = pa.array([t.encode() for t in texts], pa.binary())
     for sliced in (arr, arr.slice(7, 2000)):  # an array with an offset, as pyarrow may give
         expected = [int(t, 16) % MOD if t else 0 for t in sliced.to_pylist()]
-        assert pc._hex_column(sliced, MOD).tolist() == expected
+        assert parsing.hash_hex_column(sliced, MOD).tolist() == expected
     # Only 8-digit values and empty ones (Criteo's files): the contiguous fast path.
     eight = [t if len(t) == 8 else "" for t in texts]
     arr = pa.array([t.encode() for t in eight], pa.binary())
     for sliced in (arr, arr.slice(3, 1500), pa.array([b"ffffffff", b"02625A01"], pa.binary())):
         expected = [int(t, 16) % MOD if t else 0 for t in sliced.to_pylist()]
-        assert pc._hex_column(sliced, MOD).tolist() == expected
+        assert parsing.hash_hex_column(sliced, MOD).tolist() == expected
     for bad in ([b"12", b"12g45678"], [b"1234567g", b""], [b"123456789"], [b" 1234567"]):
-        with pytest.raises(pc._BadBlock):
-            pc._hex_column(pa.array(bad, pa.binary()), MOD)
+        with pytest.raises(parsing.BadBlock):
+            parsing.hash_hex_column(pa.array(bad, pa.binary()), MOD)
 
 
 @pytest.mark.parametrize("vocab", ["all", "train"])
@@ -194,9 +195,9 @@ def test_matches_by_hand_conversion(dataset, whole, tmp_path, vocab):
         1 for row in converted for x in row[1:14] if x and int(x) < 0)
     assert meta["shuffle"]["method"].startswith("total" if vocab == "all" else "none")
     assert sorted(os.listdir(out)) == sorted(["train_data.bin", "test_data.bin",
-                                              pc.METADATA_NAME, pc.VOCAB_NAME])
+                                              files.METADATA_NAME, files.VOCAB_NAME])
     # The vocabulary file: id i of feature f is its i-th smallest hashed value.
-    mod, values = pc.read_vocab(str(out / pc.VOCAB_NAME))
+    mod, values = vocabulary.read_vocabulary(str(out / files.VOCAB_NAME))
     assert mod == MOD and [len(v) for v in values] == meta["distinct_hashed_values"]
     for line, row in zip(days[0][:30], train):
         for f, text in enumerate(line.split("\t")[14:]):
@@ -213,7 +214,7 @@ def test_workers_and_chunking_do_not_change_the_output(dataset, whole, tmp_path,
     a = pc.preprocess(dataset[0], str(tmp_path / "a"), [0, 1, 2], 3, progress_stream=None,
                       **options, **SHUFFLE)
     assert a["vocab_sizes"] == whole[1]["vocab_sizes"]
-    for name in ["train_data.bin", "test_data.bin", pc.VOCAB_NAME]:
+    for name in ["train_data.bin", "test_data.bin", files.VOCAB_NAME]:
         assert _read_bytes(tmp_path / "a" / name) == _read_bytes(os.path.join(whole[0], name))
 
 
@@ -283,13 +284,14 @@ def test_every_bad_line_is_caught_and_named(dataset, edit, message):
     lines = list(dataset[1][0][:20])
     lines[13] = edit(lines[13].split("\t"))
     buf = ("\n".join(lines) + "\n").encode()
-    with pytest.raises(pc._BadBlock):
-        pc._parse_block(buf, MOD)
-    index, offset, problem = pc._first_bad_line(buf)
+    with pytest.raises(parsing.BadBlock):
+        parsing.parse_block(buf, MOD)
+    index, offset, problem = parsing.first_bad_line(buf)
     assert index == 13 and offset == len("\n".join(lines[:13])) + 1
     assert message in problem, problem
     good = ("\n".join(lines[:13]) + "\n").encode()
-    assert len(pc._parse_block(good, MOD)[0]) == 13 and pc._first_bad_line(good) is None
+    assert len(parsing.parse_block(good, MOD).label) == 13
+    assert parsing.first_bad_line(good) is None
 
 
 @pytest.mark.parametrize("edit,message", [BAD_LINES[i] for i in (0, 4, 7, 12)])
@@ -322,16 +324,17 @@ def test_bad_line_in_gzip_input_and_cli_exit_status(dataset, tmp_path):
     assert not any(name.endswith(".bin") for name in os.listdir(tmp_path / "out"))
 
 
-def _kill_after(in_dir, out_dir, pass_number, day):
-    """Runs the CLI in a fresh session and SIGKILLs it right after it records (pass, day)."""
-    code = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); import preprocess_criteo "
-            "as p; stop = (int(sys.argv[2]), int(sys.argv[3])); p.AFTER_DAY = lambda ps, d: "
-            "os.kill(os.getpid(), signal.SIGKILL) if (ps, d) == stop else None; "
-            "p.SHUFFLE_SAVE_BLOCKS = 2; sys.exit(p.main(sys.argv[4:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(pass_number), str(day),
-                             in_dir, out_dir, "--train_days=0-2", "--test_day=3", "--workers=2",
-                             "--chunk_bytes=7000", "--block_bytes=2000",
-                             "--shuffle_memory_bytes=40000", "--shuffle_block_rows=50"],
+def _kill_after(in_dir, out_dir, stage, number):
+    """Runs preprocess with FAST's options in a fresh session (the shuffle's scatter
+    checkpointed every 2 blocks) and SIGKILLs it right after its checkpoint (stage, number)."""
+    code = ("import json, os, signal, sys; sys.path.insert(0, sys.argv[1]); import "
+            "preprocess_criteo as p; from criteo import shuffle; shuffle.SHUFFLE_SAVE_BLOCKS = 2; "
+            "stop = (sys.argv[2], int(sys.argv[3])); kill = lambda stage, number: "
+            "os.kill(os.getpid(), signal.SIGKILL) if (stage, number) == stop else None; "
+            "p.preprocess(sys.argv[4], sys.argv[5], [0, 1, 2], 3, on_checkpoint=kill, "
+            "**json.loads(sys.argv[6]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, stage, str(number), in_dir,
+                             out_dir, json.dumps(FAST)],
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = proc.communicate(timeout=120)
     try:  # the workers die with it (PR_SET_PDEATHSIG); make sure, by this session's id
@@ -341,36 +344,37 @@ def _kill_after(in_dir, out_dir, pass_number, day):
     assert proc.returncode == -signal.SIGKILL, err
 
 
-@pytest.mark.parametrize("pass_number,day", [(1, 1), (2, 1), (3, 4), (3, 15), (4, 2)])
-def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, pass_number, day):
+PASS_RECORDS = {"vocabulary": "pass1", "convert": "pass2"}  # stage -> its record in state.json
+
+
+@pytest.mark.parametrize("stage,number", [("vocabulary", 1), ("convert", 1), ("scatter", 4),
+                                          ("scatter", 15), ("gather", 2)])
+def test_killed_run_resumes_to_identical_output(dataset, whole, tmp_path, stage, number):
     in_dir, _ = dataset
     out = str(tmp_path / "killed")
-    _kill_after(in_dir, out, pass_number, day)
+    _kill_after(in_dir, out, stage, number)
     assert not os.path.exists(os.path.join(out, "train_data.bin"))
     assert not os.path.exists(os.path.join(out, "test_data.bin"))
-    state = json.load(open(os.path.join(out, pc.WORK_NAME, "state.json")))
-    if pass_number == 3:  # killed within the scatter, after its checkpoint of `day` blocks
-        assert state["shuffle"]["rows_scattered"] == min(50 * day, 708)  # 15 blocks in all
+    state = json.load(open(os.path.join(out, files.WORK_NAME, "state.json")))
+    if stage == "scatter":  # killed within the scatter, after its checkpoint of `number` blocks
+        assert state["shuffle"]["rows_scattered"] == min(50 * number, 708)  # 15 blocks in all
         assert not state["shuffle"]["scatter_complete"]
-    elif pass_number == 4:  # killed within the gather, after bucket 2
+    elif stage == "gather":  # killed within the gather, after bucket 2
         assert state["shuffle"]["buckets_done"] == 3
     else:
-        assert day in state[f"pass{pass_number}"]["days_done"]
+        assert number in state[PASS_RECORDS[stage]]["days_done"]
     # A rerun without --overwrite resumes; days already done are not redone.
-    redone = []
-    pc.AFTER_DAY = lambda ps, d: redone.append((ps, d))
-    try:
-        log = io.StringIO()
-        pc.preprocess(in_dir, out, [0, 1, 2], 3, progress_stream=log, **{
-            k: v for k, v in FAST.items() if k != "progress_stream"})
-    finally:
-        pc.AFTER_DAY = None
+    redone, log = [], io.StringIO()
+    pc.preprocess(in_dir, out, [0, 1, 2], 3, progress_stream=log,
+                  on_checkpoint=lambda *checkpoint: redone.append(checkpoint),
+                  **{k: v for k, v in FAST.items() if k != "progress_stream"})
     assert "resuming: pass 1 days done" in log.getvalue()
-    done_before = {(p, d) for p in (1, 2) for d in state[f"pass{p}"]["days_done"]}
+    done_before = {(done_stage, day) for done_stage, record in PASS_RECORDS.items()
+                   for day in state[record]["days_done"]}
     assert done_before and not done_before & set(redone)
-    if pass_number == 4:  # the buckets already written are not written again
-        assert min(d for p, d in redone if p == 4) == 3
-    for name in ["train_data.bin", "test_data.bin", pc.VOCAB_NAME]:
+    if stage == "gather":  # the buckets already written are not written again
+        assert min(n for s, n in redone if s == "gather") == 3
+    for name in ["train_data.bin", "test_data.bin", files.VOCAB_NAME]:
         assert _read_bytes(os.path.join(out, name)) == _read_bytes(os.path.join(whole[0], name))
 
 
@@ -380,31 +384,28 @@ def test_a_rerun_removes_the_temporaries_a_killed_run_left(dataset, whole, tmp_p
     another live process's."""
     in_dir, _ = dataset
     out = str(tmp_path / "killed")
-    _kill_after(in_dir, out, 1, 1)
+    _kill_after(in_dir, out, "vocabulary", 1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its PID no longer runs
     alive = os.getppid()
-    work = os.path.join(out, pc.WORK_NAME)
+    work = os.path.join(out, files.WORK_NAME)
     leftovers = [os.path.join(work, f"state.json.tmp-{dead.pid}"),
                  os.path.join(work, f"vocabulary.bin.tmp-{dead.pid}"),
-                 os.path.join(out, f"{pc.METADATA_NAME}.tmp-{dead.pid}")]
+                 os.path.join(out, f"{files.METADATA_NAME}.tmp-{dead.pid}")]
     live = os.path.join(work, f"state.json.tmp-{alive}")
     for path in leftovers + [live]:
         Path(path).write_bytes(b"")
     log, kept = io.StringIO(), []
-    pc.AFTER_DAY = lambda ps, d: kept.append(os.path.exists(live))
-    try:
-        pc.preprocess(in_dir, out, [0, 1, 2], 3, progress_stream=log,
-                      **{k: v for k, v in FAST.items() if k != "progress_stream"})
-    finally:
-        pc.AFTER_DAY = None
+    pc.preprocess(in_dir, out, [0, 1, 2], 3, progress_stream=log,
+                  on_checkpoint=lambda *checkpoint: kept.append(os.path.exists(live)),
+                  **{k: v for k, v in FAST.items() if k != "progress_stream"})
     for path in leftovers:
         assert (f"preprocess_criteo: removed {path}, left by process {dead.pid} that no longer "
                 f"runs") in log.getvalue()
     assert kept and all(kept)  # the live process's, while the run went on
     assert not os.path.exists(work)  # then the finished run removed its work directory
     assert sorted(os.listdir(out)) == sorted(os.listdir(whole[0]))
-    for name in ["train_data.bin", "test_data.bin", pc.VOCAB_NAME]:
+    for name in ["train_data.bin", "test_data.bin", files.VOCAB_NAME]:
         assert _read_bytes(os.path.join(out, name)) == _read_bytes(os.path.join(whole[0], name))
 
 
@@ -416,16 +417,12 @@ def test_interrupted_run_with_changed_input_or_options(dataset, tmp_path):
         (copy_dir / name).write_bytes(_read_bytes(os.path.join(in_dir, name)))
     out = str(tmp_path / "out")
 
-    def stop(ps, d):
-        if (ps, d) == (2, 1):
+    def stop(stage, number):
+        if (stage, number) == ("convert", 1):
             raise RuntimeError("stop here")
-    pc.AFTER_DAY = stop
-    try:
-        with pytest.raises(RuntimeError):
-            pc.preprocess(str(copy_dir), out, [0, 1, 2], 3, **FAST)
-    finally:
-        pc.AFTER_DAY = None
-    with pytest.raises(pc.InputError, match="other options"):
+    with pytest.raises(RuntimeError):
+        pc.preprocess(str(copy_dir), out, [0, 1, 2], 3, on_checkpoint=stop, **FAST)
+    with pytest.raises(fmt.InputError, match="other options"):
         pc.preprocess(str(copy_dir), out, [0, 1, 2], 3, vocab="train", **FAST)
     # day_0 changes: the unfinished run's vocabulary is stale, the rerun starts over.
     lines = days[0][:100]
@@ -438,26 +435,26 @@ def test_interrupted_run_with_changed_input_or_options(dataset, tmp_path):
     assert meta["vocab_sizes"] == sizes
     assert sorted(_read_raw(os.path.join(out, "train_data.bin"))) == sorted(train)
     # A finished output is not replaced without --overwrite.
-    with pytest.raises(pc.InputError, match="already exists"):
+    with pytest.raises(fmt.InputError, match="already exists"):
         pc.preprocess(str(copy_dir), out, [0, 1, 2], 3, **FAST)
     pc.preprocess(str(copy_dir), out, [0, 1], 3, overwrite=True, **FAST)
-    assert json.load(open(os.path.join(out, pc.METADATA_NAME)))["train_days"] == [0, 1]
+    assert json.load(open(os.path.join(out, files.METADATA_NAME)))["train_days"] == [0, 1]
 
 
 def test_option_and_path_errors(dataset, tmp_path):
     in_dir, _ = dataset
-    with pytest.raises(pc.InputError, match="no day_7 or day_7.gz"):
+    with pytest.raises(fmt.InputError, match="no day_7 or day_7.gz"):
         pc.preprocess(in_dir, str(tmp_path / "o"), [0, 7], 3, **FAST)
-    with pytest.raises(pc.InputError, match="also a train day"):
+    with pytest.raises(fmt.InputError, match="also a train day"):
         pc.preprocess(in_dir, str(tmp_path / "o"), [0, 3], 3, **FAST)
     assert pc.parse_days("0-2,5,7-8") == (0, 1, 2, 5, 7, 8)
-    with pytest.raises(pc.InputError):
+    with pytest.raises(fmt.InputError):
         pc.parse_days("3-1")
     (tmp_path / "both").mkdir()
     (tmp_path / "both" / "day_0").write_text("")
     (tmp_path / "both" / "day_0.gz").write_bytes(gzip.compress(b""))
-    with pytest.raises(pc.InputError, match="both day_0 and day_0.gz"):
-        pc.find_inputs(str(tmp_path / "both"), [0])
+    with pytest.raises(fmt.InputError, match="both day_0 and day_0.gz"):
+        reading.find_inputs(str(tmp_path / "both"), [0])
 
 
 def _positions(rows, by_hand):
@@ -495,12 +492,12 @@ def test_shuffle_places_a_sample_uniformly(tmp_path):
     rows = np.arange(6 * 40, dtype="<i4").reshape(6, 40)
     counts = np.zeros((6, 6), np.int64)  # [sample, position]
     for seed in range(600):
-        work = pc._Work(str(tmp_path / f"s{seed}"))
+        work = files.WorkDir(str(tmp_path / f"s{seed}"))
         os.makedirs(work.dir)
         rows.tofile(work.train_partial)
         state = {"options": {"seed": seed, "shuffle_block_rows": 1,
                              "shuffle_memory_bytes": 750}}
-        pc._shuffle_train(work, state, 6, None, 1.0)
+        shuffle.shuffle_train(work, state, 6, None, 1.0)
         assert state["shuffle"]["buckets"] == 3
         out = np.fromfile(work.train_partial, "<i4").reshape(6, 40)
         counts[out[:, 0] // 40, np.arange(6)] += 1
@@ -520,7 +517,7 @@ def test_an_empty_day_is_refused_unless_allowed(dataset, tmp_path, name, content
             (copy_dir / other).write_bytes(_read_bytes(os.path.join(in_dir, other)))
     (copy_dir / name).write_bytes(content)
     out = tmp_path / "out"
-    with pytest.raises(pc.InputError, match=rf"{copy_dir}/{name}: holds no lines \(a failed "
+    with pytest.raises(fmt.InputError, match=rf"{copy_dir}/{name}: holds no lines \(a failed "
                                             rf"download\?\); pass --allow_empty_days"):
         pc.preprocess(str(copy_dir), str(out), [0, 1, 2], 3, **FAST)
     assert os.listdir(out) == []
@@ -535,7 +532,7 @@ def test_a_byte_order_mark_is_refused_at_any_line_and_chunking(dataset, tmp_path
     in_dir, _ = dataset
     bad_dir = _with_bad_line(in_dir, tmp_path, 0, line_index,
                              lambda fields: "\ufeff" + "\t".join(fields))
-    with pytest.raises(pc.InputError, match=rf"{bad_dir}/day_0: line {line_index + 1} "
+    with pytest.raises(fmt.InputError, match=rf"{bad_dir}/day_0: line {line_index + 1} "
                                             rf"\(byte \d+\): contains a UTF-8 byte-order mark"):
         pc.preprocess(bad_dir, str(tmp_path / "out"), [0, 1, 2], 3,
                       **{**FAST, "chunk_bytes": chunk_bytes, "block_bytes": chunk_bytes})
@@ -544,9 +541,9 @@ def test_a_byte_order_mark_is_refused_at_any_line_and_chunking(dataset, tmp_path
 def test_a_directory_day_and_a_truncated_gz_are_named(dataset, tmp_path):
     in_dir, _ = dataset
     (tmp_path / "dirs" / "day_5").mkdir(parents=True)
-    with pytest.raises(pc.InputError, match=rf"{tmp_path}/dirs/day_5: is a directory, expected "
+    with pytest.raises(fmt.InputError, match=rf"{tmp_path}/dirs/day_5: is a directory, expected "
                                             rf"the day's TSV file"):
-        pc.find_inputs(str(tmp_path / "dirs"), [5])
+        reading.find_inputs(str(tmp_path / "dirs"), [5])
     copy_dir = tmp_path / "in"
     copy_dir.mkdir()
     for name in os.listdir(in_dir):
@@ -556,6 +553,6 @@ def test_a_directory_day_and_a_truncated_gz_are_named(dataset, tmp_path):
             reached = len(zlib.decompressobj(31).decompress(data))  # what zlib gets out of it
             assert reached > 0
         (copy_dir / name).write_bytes(data)
-    with pytest.raises(pc.InputError, match=rf"{copy_dir}/day_1.gz: bad gzip data after "
+    with pytest.raises(fmt.InputError, match=rf"{copy_dir}/day_1.gz: bad gzip data after "
                                             rf"{reached} decompressed bytes"):
         pc.preprocess(str(copy_dir), str(tmp_path / "out"), [0, 1, 2], 3, **FAST)

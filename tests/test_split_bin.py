@@ -28,7 +28,7 @@ def _digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_round_trip_against_numpy_decoding(tmp_path, rng, monkeypatch):
+def test_round_trip_against_numpy_decoding(tmp_path, rng):
     label, dense, categorical = _random_raw(rng, 1000)
     # Edge values: ids at vocab - 1 and 0, zeros, the smallest allowed and the largest dense.
     categorical[0] = np.asarray(VOCAB) - 1
@@ -41,9 +41,8 @@ def test_round_trip_against_numpy_decoding(tmp_path, rng, monkeypatch):
     digest = _digest(raw_path)
 
     # Chunks and L2 blocks that do not divide the sample count.
-    monkeypatch.setattr(split_bin._ChunkConverter, "BLOCK", 64)
     meta = split_bin.split(str(raw_path), str(tmp_path / "out"), VOCAB, chunk_samples=333,
-                           progress_stream=None)
+                           block_rows=64, progress_stream=None)
 
     out = tmp_path / "out"
     raw = np.fromfile(raw_path, dtype="<i4").reshape(-1, 40)  # independent decoding

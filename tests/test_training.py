@@ -6,20 +6,21 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, VENV_BIN, horovodrun, pairwise_auc, run_main, run_main_alone
+from conftest import (ROOT, SMALL_VOCAB as VOCAB, VENV_BIN, horovodrun, main_command,
+                      pairwise_auc, run_main, run_main_alone)
 import embedding
 import split_bin
 import synthetic_data
 
 WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
-VOCAB = [7, 300, 41, 2, 90, 1000] + [13, 29, 3, 55, 120, 17, 9, 64, 200, 31, 5, 77,
-                                     11, 150, 23, 8, 44, 6, 19, 250]
 
 
 PREDICTION_ATOL = 1e-5
@@ -277,6 +278,45 @@ def test_an_unwritable_output_on_2_ranks_is_one_line_from_rank_0(tmp_path):
         f"Is a directory: '{tmp_path}')"], proc.stdout + proc.stderr
     assert not _rank_tracebacks(proc)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_data_error_at_start_on_2_ranks_is_the_last_line_of_the_ranks(tmp_path):
+    """Rank 0's error is the last line the ranks print: the start line comes only after the
+    data's checks (printed before them, horovodrun, which relays each rank's stdout and stderr
+    apart, could show it after the error), and the rank horovodrun ends after rank 0's exit
+    ends with status 2 (killed by the signal, its shell printed "[1]<stderr>:Terminated")."""
+    cmd, env = main_command(f"--data_dir={tmp_path}")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode != 0
+    ranks = [line for line in proc.stdout.splitlines() if re.match(r"\[\d+\]<std", line)]
+    assert ranks == [f"[0]<stderr>:main.py: error: {tmp_path / 'train' / 'metadata.json'}: "
+                     f"missing (create the directory with split_bin.py)"], proc.stdout
+    assert "Process 1 exit with status code 2." in proc.stdout, proc.stdout
+
+
+def _catches_sigterm(pid):
+    """Whether the process pid has a handler for SIGTERM (/proc/PID/status, SigCgt)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def test_a_failing_rank_other_than_0_ends_quietly_at_the_launchers_sigterm():
+    """A usage error on rank 1 says nothing (rank 0 says it) and waits for the launcher to end
+    the job; the launcher's SIGTERM then ends it with exit status 2, not killed by the signal,
+    whatever the moment (the end of a fixed wait could leave it to die in its exit)."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import main; main._fail('rank 0 says it')"
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT], text=True,
+                            env=dict(os.environ, HOROVOD_RANK="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _catches_sigterm(proc.pid):  # _fail has reached its wait
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (2, "", "")
 
 
 def test_a_results_json_failing_at_the_end_warns_and_the_run_stands(monkeypatch, capsys):

@@ -1,0 +1,205 @@
+"""The worker pool: forked processes that inherit a pass's WorkerContext (the shared arrays
+are not copied), die with the main process, and work on one InputChunk per task: pass 1
+scans it into the seen arrays (scan_chunk), pass 2 converts it and writes its rows in place
+(convert_chunk).
+"""
+
+import contextlib
+import ctypes
+import dataclasses
+import multiprocessing
+import os
+import signal
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+import data_format as fmt
+from criteo import parsing, reading
+from criteo.reading import InputChunk
+from criteo.vocabulary import SeenValues
+from data_format import InputError
+
+DENSE_FLOOR = 0  # stored dense = max(x, DENSE_FLOOR), the MLPerf reference's files
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass
+class WorkerContext:
+    """What a pass's workers share with the main process (inherited at the fork).
+    Pass 1 has seen (where scan_chunk marks the values it parses); pass 2 has id_tables (per
+    feature, hashed value -> id + 1, 0: not in the vocabulary) and unseen_ids (int64 [26]:
+    the id of a value not in the vocabulary, --vocab=train's; -1: such a value is an error)."""
+    hash_mod: int
+    block_bytes: int  # bytes parsed at a time
+    seen: Optional[SeenValues] = None
+    id_tables: Optional[list] = None
+    unseen_ids: Optional[np.ndarray] = None
+    bytes_read: object = None  # input bytes consumed so far (a shared Value), for progress
+
+
+_context = None  # what scan_chunk and convert_chunk read: set by worker_context
+
+
+class ScanTask(NamedTuple):
+    chunk: InputChunk
+    parse: bool  # False: count the lines only (the test day under --vocab=train)
+
+
+class ChunkLines(NamedTuple):
+    day: int
+    index: int  # the chunk's index in its day
+    lines: int
+
+
+class ConvertTask(NamedTuple):
+    chunk: InputChunk
+    out_path: str
+    out_first_row: int  # where the chunk's first row goes in out_path, in samples
+    expected_rows: int  # the chunk's lines in pass 1
+    row_limit: Optional[int]  # convert only this many rows (the test day's first half)
+
+
+class ConvertedChunk(NamedTuple):
+    day: int
+    index: int  # the chunk's index in its day
+    rows: int
+    clamped: np.ndarray  # int64 [13]: negative dense values stored as DENSE_FLOOR
+
+
+def _worker_init():
+    """Workers ignore Ctrl-C (the main process stops them) and, on Linux, die with the main
+    process (a SIGKILLed run leaves no workers behind)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the main process died before prctl
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def worker_context(context):
+    """Makes the WorkerContext the one scan_chunk and convert_chunk read, in this process and
+    in the workers it forks meanwhile (run_in_workers does, around its pool)."""
+    global _context
+    _context = context
+    try:
+        yield
+    finally:
+        _context = None
+
+
+def _next_result(results, progress, bytes_read, poll_seconds):
+    """The pool's next result, updating progress every poll_seconds while waiting."""
+    while True:
+        try:
+            return results.next(timeout=poll_seconds)
+        except multiprocessing.TimeoutError:
+            progress.update(min(bytes_read.value, progress.total - 1))
+
+
+def run_in_workers(job, tasks, context, workers, progress, on_result, poll_seconds):
+    """Runs job(task) for every task in a pool of at most `workers` forked processes that
+    inherit context; calls on_result(result) in the main process in completion order and
+    reports the input bytes read to progress (a progress.Progress)."""
+    if not tasks:
+        return
+    fork = multiprocessing.get_context("fork")
+    bytes_read = fork.Value("q", 0)
+    with (worker_context(dataclasses.replace(context, bytes_read=bytes_read)),
+          fork.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool):
+        results = pool.imap_unordered(job, tasks, chunksize=1)
+        for _ in range(len(tasks)):
+            on_result(_next_result(results, progress, bytes_read, poll_seconds))
+            progress.update(min(bytes_read.value, progress.total - 1))
+
+
+def scan_chunk(task):
+    """Pass 1: ScanTask -> ChunkLines; marks the chunk's hashed values in the context's seen
+    arrays (unless the task only counts lines)."""
+    chunk, lines = task.chunk, 0
+    for block in reading.chunk_blocks(chunk, _context.block_bytes, _context.bytes_read):
+        if not task.parse:
+            lines += reading.lines_in_block(block.data)
+            continue
+        try:
+            parsed = parsing.parse_block(block.data, _context.hash_mod)
+        except parsing.BadBlock:
+            raise reading.bad_line_error(chunk, block, lines) from None
+        for feature, values in enumerate(parsed.hashed):
+            _context.seen.mark(feature, values)
+        lines += len(parsed.label)
+    return ChunkLines(chunk.day, chunk.index, lines)
+
+
+def _first_lines(data, count):
+    """The first `count` lines of bytes of whole lines (all of them if fewer)."""
+    if data.count(b"\n") < count:
+        return data
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+    return data[:ends[count - 1] + 1]
+
+
+def _raw_rows(parsed, chunk, clamped):
+    """ParsedBlock -> int32 [n, 40] raw rows (dense clamped to DENSE_FLOOR, counted per
+    feature into clamped int64 [13]; categorical values mapped to ids by the context's
+    tables)."""
+    out = np.empty((len(parsed.label), parsing.NUM_FIELDS), fmt.RAW_DTYPE)
+    out[:, 0] = parsed.label
+    for j, values in enumerate(parsed.dense):
+        low = values < DENSE_FLOOR
+        if low.any():
+            clamped[j] += int(low.sum())
+            values = np.maximum(values, DENSE_FLOOR)
+        out[:, 1 + j] = values
+    for feature, values in enumerate(parsed.hashed):
+        column = out[:, 1 + fmt.NUM_DENSE + feature]
+        np.subtract(_context.id_tables[feature][values], 1, out=column, dtype=np.int32,
+                    casting="unsafe")
+        missing = column < 0
+        if missing.any():
+            if _context.unseen_ids[feature] < 0:
+                i = int(np.flatnonzero(missing)[0])
+                raise InputError(
+                    f"{chunk.path}: {parsing.describe_field(1 + fmt.NUM_DENSE + feature)}: "
+                    f"hashed value {int(values[i])} is not in the vocabulary pass 1 built (the "
+                    f"file changed since pass 1? rerun with --overwrite)")
+            column[missing] = _context.unseen_ids[feature]
+    return out
+
+
+def convert_chunk(task):
+    """Pass 2: ConvertTask -> ConvertedChunk; writes the chunk's raw rows at out_first_row
+    of out_path."""
+    chunk = task.chunk
+    clamped = np.zeros(fmt.NUM_DENSE, np.int64)
+    rows = 0
+    fd = os.open(task.out_path, os.O_WRONLY)
+    try:
+        for block in reading.chunk_blocks(chunk, _context.block_bytes, _context.bytes_read):
+            data = block.data
+            if task.row_limit is not None:
+                if task.row_limit <= rows:
+                    break
+                data = _first_lines(data, task.row_limit - rows)
+            try:
+                parsed = parsing.parse_block(data, _context.hash_mod)
+            except parsing.BadBlock:
+                raise reading.bad_line_error(chunk, block._replace(data=data), rows) from None
+            out = _raw_rows(parsed, chunk, clamped)
+            written = os.pwrite(fd, memoryview(out).cast("B"),
+                                (task.out_first_row + rows) * fmt.RAW_BYTES_PER_SAMPLE)
+            if written != out.nbytes:
+                raise OSError(f"{task.out_path}: short write ({written} of {out.nbytes} bytes)")
+            rows += len(out)
+    finally:
+        os.close(fd)
+    want = task.expected_rows if task.row_limit is None else min(task.expected_rows,
+                                                                 task.row_limit)
+    if rows != want:
+        raise InputError(f"{chunk.path}: chunk {chunk.index} has {rows} lines now, {want} in "
+                         f"pass 1 (the file changed? rerun with --overwrite)")
+    return ConvertedChunk(chunk.day, chunk.index, rows, clamped)
