@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call of the device tool, from the repo root:
-#   run: bash custom_interact/run_on_device.sh
+#   run: bash bench/custom_interact/run_on_device.sh
 # Builds the kernels for sm_90, runs the small-shape driver plain and under compute-sanitizer
 # (memcheck, racecheck, synccheck), checks the SASS for tensor-core instructions, then runs
 # harness.py (correctness over random shapes + timing). Everything lands in $OUT.
@@ -13,7 +13,7 @@ status=0
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
   nvcc --version | tail -2
-  make kernels SMS=90 2>&1 | grep -E "error|warning|spill|Compiling entry|registers" || true
+  make SMS=90 2>&1 | grep -E "error|warning|spill|Compiling entry|registers" || true
   test -x build/sanitize || { echo "build failed"; exit 1; }
   echo "== SASS: tensor-core instructions per kernel object"
   cuobjdump --dump-sass build/libdot_interact.so | grep -oE "HMMA[.A-Z0-9]*" | sort | uniq -c

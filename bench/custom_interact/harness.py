@@ -1,6 +1,6 @@
 """Framework-free GPU harness for the CUDA kernels of dot_interact_cuda.cu (no TensorFlow).
 
-Loads build/libdot_interact.so (`make -C custom_interact kernels`) through ctypes and calls it
+Loads build/libdot_interact.so (`make -C bench/custom_interact`) through ctypes and calls it
 on PyTorch CUDA tensors:
   * correctness: forward [B, F, D] -> [B, W] and backward -> [B, F, D] against a float64
     reference, fp32/fp16/bf16, both paths, random shapes incl. B=1, odd F and D and a
@@ -10,7 +10,7 @@ on PyTorch CUDA tensors:
     the naive PyTorch interaction (bmm + lower-triangle gather + concat, autograd backward) and
     the memory-traffic floor (bytes read + written over the copy bandwidth measured here).
 
-    python3 custom_interact/harness.py --out DIR      (writes DIR/harness.json)
+    python3 bench/custom_interact/harness.py --out DIR      (writes DIR/harness.json)
 """
 
 import argparse
