@@ -91,7 +91,7 @@ flags.DEFINE_integer("checkpoint_every_steps", 0, "Steps between checkpoints (0:
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --checkpoint_dir (on "
                   "any number of ranks with --embedding=tf); start at step 0 if it has none.")
 flags.DEFINE_string("profile_dir", None, "Write a TensorFlow profiler trace of --profile_steps "
-                    "here (rank 0; TensorBoard's Profile tab, or bench/trace_summary.py).")
+                    "here (rank 0; TensorBoard's Profile tab, or tools/trace_summary.py).")
 flags.DEFINE_string("profile_steps", "20:30", "--profile_dir traces the steps after START up "
                     "to STOP (their time counts in the training time).")
 _HELP_END = len(list(FLAGS))

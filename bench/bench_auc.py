@@ -1,17 +1,15 @@
 """Time of metrics.roc_auc, the exact AUC of every evaluation (rank 0 computes it).
 
-    python3 bench/bench_auc.py [--samples=10000000] [--positive_rate=0.03]
+    python3 -m bench.bench_auc [--samples=10000000] [--positive_rate=0.03]
 """
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import metrics  # noqa: E402
+import metrics
 
 
 def main():

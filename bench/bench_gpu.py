@@ -1,13 +1,13 @@
 """DLRM on one GPU: the seed's configurations end to end, and the step's parts beside their floors.
 
-    python3 bench/bench_gpu.py configs --out=DIR [--steps=300] [--embedding=tf|sok]
+    python3 -m bench.bench_gpu configs --out=DIR [--steps=300] [--embedding=tf|sok]
                                   [--vocab_sizes=criteo_tb] [--batch=65536] [--only=NAME,NAME]
                                   [--extra="--nofused_table_ops ..."]
                                                         main.py runs -> DIR/configs_EMB.{json,md}
-    python3 bench/bench_gpu.py scaling --out=DIR [--gpus=1,2,4,8] [--per_gpu_batch=8192]
+    python3 -m bench.bench_gpu scaling --out=DIR [--gpus=1,2,4,8] [--per_gpu_batch=8192]
                                   [--batch=65536] [configs' options]
                                           the configs on N GPUs -> DIR/scaling_EMB.{json,md}
-    python3 bench/bench_gpu.py parts --out=DIR                    parts alone -> DIR/parts.{json,md}
+    python3 -m bench.bench_gpu parts --out=DIR                    parts alone -> DIR/parts.{json,md}
 
 configs: one `main.py --use_synthetic_dataset --vocab_sizes=criteo_tb --global_batch_size=65536
 --embedding=EMB` run per configuration (by default the full Criteo table, 187.8M x 128 fp32 =
@@ -33,8 +33,9 @@ import subprocess
 import sys
 import time
 
+from tools import launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 CONFIGS = {  # name -> main.py flags; the seed's rows first
     "amp xla custom": ["--amp", "--xla", "--custom_interact"],
@@ -60,8 +61,7 @@ def launcher(ranks):
     horovodrun with hvd_wrapper.sh (one GPU per rank)."""
     if ranks == 1:
         return [sys.executable]
-    return [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(ranks),
-            "-H", f"localhost:{ranks}", os.path.join(ROOT, "hvd_wrapper.sh"), sys.executable]
+    return launch.horovodrun(ranks, sys.executable, wrapper=True)
 
 
 def run_configs(out_dir, steps, names, embedding="tf", vocab_sizes="criteo_tb", batch=BATCH,

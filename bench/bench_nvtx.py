@@ -1,7 +1,7 @@
 """What trainer.Phases costs per range when no profiler is attached (nsys absent), and
 without the nvtx package.
 
-    python3 bench/bench_nvtx.py [--ranges=1000000]
+    python3 -m bench.bench_nvtx [--ranges=1000000]
 
 Prints microseconds per `with phases(name):` (a push and a pop), best of 5 rounds. A step of
 the training loop opens two ranges (input, step), plus one per log line.
@@ -9,11 +9,9 @@ the training loop opens two ranges (input, step), plus one per log line.
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import trainer  # noqa: E402
+import trainer
 
 
 def per_range_us(phases, ranges):

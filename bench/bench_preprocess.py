@@ -1,8 +1,8 @@
 """preprocess_criteo.py's throughput per pass and worker count, and its memory at 40M.
 
-    python3 bench/bench_preprocess.py WORK_DIR [--megabytes=300] [--workers=1,2] [--gzip]
-    python3 bench/bench_preprocess.py WORK_DIR --memory_check
-    python3 bench/bench_preprocess.py WORK_DIR --shuffle_check [--shuffle_megabytes=640]
+    python3 -m bench.bench_preprocess WORK_DIR [--megabytes=300] [--workers=1,2] [--gzip]
+    python3 -m bench.bench_preprocess WORK_DIR --memory_check
+    python3 -m bench.bench_preprocess WORK_DIR --shuffle_check [--shuffle_megabytes=640]
         [--shuffle_memory_bytes=268435456]
 
 Generates (once) Criteo-shaped TSV days in WORK_DIR/tsv: 3 train days and a test day,
@@ -28,18 +28,16 @@ import argparse
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data_format as fmt  # noqa: E402
-import preprocess_criteo as pc  # noqa: E402
-from criteo import files, reading, shuffle, vocabulary  # noqa: E402
-from criteo.workers import (ConvertTask, ScanTask, WorkerContext, convert_chunk,  # noqa: E402
+import data_format as fmt
+import preprocess_criteo as pc
+from criteo import files, reading, shuffle, vocabulary
+from criteo.workers import (ConvertTask, ScanTask, WorkerContext, convert_chunk,
                             scan_chunk, worker_context)
 
 ROWS_PER_CHUNK = 100_000

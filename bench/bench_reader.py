@@ -1,7 +1,7 @@
 """Reader throughput: dataset.SplitDataset against the seed's naive approach, in one run.
 
-    python3 bench/bench_reader.py DATA_DIR [--batch_size=16384] [--repeats=3]
-    horovodrun -np 2 --gloo -H localhost:2 python3 bench/bench_reader.py DATA_DIR --horovod
+    python3 -m bench.bench_reader DATA_DIR [--batch_size=16384] [--repeats=3]
+    horovodrun -np 2 --gloo -H localhost:2 python3 -m bench.bench_reader DATA_DIR --horovod
 
 Naive (the seed's approach): per batch, one np.fromfile per feature file, astype int64,
 concatenate, convert to tensors. Files should be in page cache (a first pass warms them).
@@ -12,15 +12,13 @@ figures).
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data_format as fmt  # noqa: E402
-import dataset  # noqa: E402
+import data_format as fmt
+import dataset
 
 
 def naive_batches(data_dir, batch_ranges, meta):

@@ -1,6 +1,6 @@
 """split_bin.py against `cp` of the same raw file on the same disk, side by side.
 
-    python3 bench/bench_split.py WORK_DIR [--gigabytes=4] [--repeats=3]
+    python3 -m bench.bench_split WORK_DIR [--gigabytes=4] [--repeats=3]
 
 Generates a synthetic raw file of the given size in WORK_DIR (once), then alternates
 `cp RAW WORK_DIR/copy.bin` and `split_bin.split(RAW, WORK_DIR/split)`, removing each
@@ -11,13 +11,11 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data_format as fmt  # noqa: E402
-import split_bin  # noqa: E402
-import synthetic_data  # noqa: E402
+import data_format as fmt
+import split_bin
+import synthetic_data
 
 
 def main():

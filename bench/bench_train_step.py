@@ -2,7 +2,7 @@
 --compress and --xla, beside per-feature Keras Embedding layers on one rank (the seed's
 non-SOK option), all with the same DLRM and synthetic batches.
 
-    python3 bench/bench_train_step.py [--global_batch_size=4096] [--steps=40]
+    python3 -m bench.bench_train_step [--global_batch_size=4096] [--steps=40]
 
 Each tf-backend configuration is one `horovodrun ... main.py --use_synthetic_dataset` run
 (its report's samples/s leaves out the first step, which traces); the Keras
@@ -19,8 +19,9 @@ import sys
 import tempfile
 import time
 
+from tools import launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 class KerasEmbedding:
@@ -60,9 +61,8 @@ def run_main(num_ranks, extra, args, workdir):
     if "--xla" in extra:
         dump = tempfile.mkdtemp(dir=workdir)
         env["XLA_FLAGS"] = f"--xla_dump_to={dump}"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(num_ranks),
-           "--gloo", "-H", f"localhost:{num_ranks}", sys.executable, os.path.join(ROOT, "main.py"),
-           "--use_synthetic_dataset", f"--synthetic_steps={args.steps}", "--embedding=tf",
+    cmd = [*launch.horovodrun(num_ranks, sys.executable, os.path.join(ROOT, "main.py"),
+                              gloo=True), "--use_synthetic_dataset", f"--synthetic_steps={args.steps}", "--embedding=tf",
            "--eval_interval=0", f"--log_interval={args.steps}", f"--results_json={results}",
            *model_flags(args), *extra]
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)

@@ -4,15 +4,15 @@
 #
 #   bash bench/gpu_run.sh build      the custom ops against this TensorFlow (CUDA builds)
 #   bash bench/gpu_run.sh tests      the GPU-facing tests: the ops on the GPU, the step graph
-#   bash bench/gpu_run.sh configs    bench_gpu.py configs (the seed's configurations;
+#   bash bench/gpu_run.sh configs    bench_gpu configs (the seed's configurations;
 #                                    --embedding=sok for the sok backend)
-#   bash bench/gpu_run.sh share      bench_gpu.py configs at one GPU's share of the 8-GPU job:
+#   bash bench/gpu_run.sh share      bench_gpu configs at one GPU's share of the 8-GPU job:
 #                                    batch 8192, ceil(v / 8) rows of each Criteo table
-#   bash bench/gpu_run.sh parts      bench_gpu.py parts (the step's parts beside their floors)
+#   bash bench/gpu_run.sh parts      bench_gpu parts (the step's parts beside their floors)
 #   bash bench/gpu_run.sh real_data  20M/2M synthetic samples at full Criteo vocabularies:
 #                                    generate, split, train one epoch, evaluate
 #   bash bench/gpu_run.sh profile    a TF profiler trace of steps 41-50 of the first
-#                                    configuration, summarised by bench/trace_summary.py
+#                                    configuration, summarised by tools/trace_summary.py
 #                                    (needs .gpu/nvidia_cuda_cupti_cu12-*.whl: CUPTI 12);
 #                                    SHARE=1: at one GPU's share of the 8-GPU job
 #   bash bench/gpu_run.sh suite [FILES]  the test suite (or FILES), one summary line per file
@@ -42,12 +42,12 @@ case "$stage" in
       tests/test_step_graph.py "$@" 2>&1 \
       | tee "$OUT/tests.log" ;;
   configs)
-    python bench/bench_gpu.py configs --out="$OUT/configs" "$@" ;;
+    python -m bench.bench_gpu configs --out="$OUT/configs" "$@" ;;
   share)
-    python bench/bench_gpu.py configs --out="$OUT/share" --batch=8192 \
+    python -m bench.bench_gpu configs --out="$OUT/share" --batch=8192 \
       --vocab_sizes="$(share_flags | sed 's/.*--vocab_sizes=//')" "$@" ;;
   parts)
-    python bench/bench_gpu.py parts --out="$OUT/parts" "$@" ;;
+    python -m bench.bench_gpu parts --out="$OUT/parts" "$@" ;;
   real_data)
     data=${DATA:-/tmp/dlrm_real}
     if [ ! -f "$data/test/metadata.json" ]; then
@@ -70,7 +70,7 @@ case "$stage" in
       --embedding=tf --amp --xla --custom_interact --early_stop=60 --log_interval=20 \
       --profile_dir="$OUT/profile" --profile_steps=40:50 $([ "${SHARE:-0}" = 1 ] && share_flags) \
       "$@" 2>&1 | tee "$OUT/profile.log"
-    python bench/trace_summary.py "$OUT/profile" --steps=10 --top=40 \
+    python -m tools.trace_summary "$OUT/profile" --steps=10 --top=40 \
       --json="$OUT/profile_summary.json" | tee -a "$OUT/profile.log" ;;
   suite)  # file by file, so a call's time limit still leaves each finished file's summary
     export TF_FORCE_GPU_ALLOW_GROWTH=true

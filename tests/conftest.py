@@ -1,4 +1,5 @@
-"""Shared test helpers: the repo root on sys.path, tiny raw files, horovodrun."""
+"""Shared test helpers: tiny raw files, horovodrun (pytest.ini puts the repo root and tests/
+on sys.path)."""
 
 import os
 import subprocess
@@ -7,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from tools import launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-VENV_BIN = os.path.dirname(sys.executable)
 # The 26 small vocabularies of the tests that train on split files (any size from 2 to 1000).
 SMALL_VOCAB = [7, 300, 41, 2, 90, 1000] + [13, 29, 3, 55, 120, 17, 9, 64, 200, 31, 5, 77, 11,
                                            150, 23, 8, 44, 6, 19, 250]
@@ -39,8 +40,7 @@ def horovodrun(num_ranks, script, *args, timeout=600):
     """Runs `python script args` on num_ranks local Gloo ranks; returns the CompletedProcess.
     More than one rank run on the CPU: on a GPU machine they would all open the same GPU,
     which a Horovod built with NCCL refuses (one NCCL rank per GPU)."""
-    cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo",
-           "-H", f"localhost:{num_ranks}", sys.executable, script, *map(str, args)]
+    cmd = launch.horovodrun(num_ranks, sys.executable, script, *args, gloo=True)
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
     if num_ranks > 1:
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -53,9 +53,8 @@ def horovodrun(num_ranks, script, *args, timeout=600):
 def main_command(*flags, num_ranks=2):
     """-> (argv, environment) of main.py with flags on num_ranks Gloo ranks (CPU ranks if more
     than one, as horovodrun's), to run in ROOT."""
-    cmd = [os.path.join(VENV_BIN, "horovodrun"), "-np", str(num_ranks), "--gloo", "-H",
-           f"localhost:{num_ranks}", os.path.join(ROOT, "hvd_wrapper.sh"), sys.executable,
-           os.path.join(ROOT, "main.py"), *flags]
+    cmd = launch.horovodrun(num_ranks, sys.executable, os.path.join(ROOT, "main.py"), *flags,
+                            gloo=True, wrapper=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if num_ranks > 1:
         env["CUDA_VISIBLE_DEVICES"] = ""

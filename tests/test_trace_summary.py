@@ -1,13 +1,9 @@
-"""bench/trace_summary.py on a hand-made profiler trace: busy time is the union over streams."""
-
-import os
-import sys
+"""tools/trace_summary.py on a hand-made profiler trace: busy time is the union over streams."""
 
 import pytest
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
-import trace_summary  # noqa: E402
+from tools import trace_summary
 
 
 def _space():

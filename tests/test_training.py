@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (ROOT, SMALL_VOCAB as VOCAB, VENV_BIN, horovodrun, main_command,
+from conftest import (ROOT, SMALL_VOCAB as VOCAB, horovodrun, main_command,
                       pairwise_auc, run_main, run_main_alone)
 import embedding
 import split_bin
