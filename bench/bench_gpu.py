@@ -21,7 +21,8 @@ NCCL_NVLS_ENABLE=0 on shared machines) for each N of --gpus, at a fixed per-GPU 
 N x --per_gpu_batch) and at the fixed global --batch; the speed-up over one GPU at the same
 per-GPU batch and at the same global batch, with its efficiency (speed-up / N).
 
-parts: in one process, each part of a step at batch 65536 (26 lookups a sample) timed alone:
+parts: in one process, each part of a step at batch 65536 (26 lookups a sample) timed alone
+(needs custom_interact and embedding_ops built):
 a tf.function runs it REPEATS times back to back, median of 3 such loops. Floors: bytes over
 the copy bandwidth and FLOPs over the fp16 matmul rate, both measured first in the same run.
 """
@@ -152,6 +153,7 @@ def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
 
     import custom_interact
     import data_format as fmt
+    import embedding_ops
     import metrics
     import model as dlrm
 
@@ -224,10 +226,19 @@ def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
     timed("gather 1.7M rows + cast fp16, XLA (the tf backend under --xla)",
           tf.function(lambda: tf.cast(tf.gather(table, keys), tf.float16), jit_compile=True),
           bytes_floor(lookups * (row + row // 2)))
+    timed("gather 1.7M rows + cast fp16, embedding_ops (the tf backend's default)",
+          lambda: embedding_ops.gather(table, keys, tf.float16),
+          bytes_floor(lookups * (row + row // 2)))
     timed("unique 1.7M keys", lambda: tf.unique(keys)[0])
 
     def scatter_duplicates():
         table.scatter_sub(tf.IndexedSlices(grads, keys))
+        return tf.constant(0.0)
+
+    fp16_grads, rate = tf.cast(grads, tf.float16), tf.constant(1e-3)
+
+    def fused_update():  # the scaling included, fp16 gradients (AMP's)
+        embedding_ops.sgd_update(table, keys, fp16_grads, rate)
         return tf.constant(0.0)
 
     def unique_segment_scatter():
@@ -247,6 +258,8 @@ def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
 
     update_floor = bytes_floor(lookups * row + 2 * int(tf.size(unique_keys)) * row)
     for name, body in [("update: scatter_sub, duplicate keys", scatter_duplicates),
+                       ("update: embedding_ops.sgd_update, fp16 gradients, scaled",
+                        fused_update),
                        ("update: unique + segment_sum + scatter_sub", unique_segment_scatter),
                        ("update: argsort + sorted segment_sum + scatter_sub",
                         sorted_segment_scatter)]:
