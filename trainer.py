@@ -532,7 +532,8 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
             profiler.before_step(step - first_step)
             with phases("step"):
                 loss = trainer.train_step(*batch)
-            step, epoch_step, clock.segment_steps = step + 1, epoch_step + 1, clock.segment_steps + 1
+            step, epoch_step = step + 1, epoch_step + 1
+            clock.segment_steps += 1
             last = max_steps is not None and step >= max_steps
             profiler.after_step(step - first_step, loss, first_step)
             if step - first_step == 1:  # tracing and compilation: timed apart

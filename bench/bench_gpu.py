@@ -95,7 +95,8 @@ def run_configs(out_dir, steps, names, embedding="tf", vocab_sizes="criteo_tb", 
             rows.append({"config": name, "failed": returncode})
             continue
         report = json.load(open(results))
-        row = {"config": name, "embedding": embedding, "flags": " ".join(CONFIGS[name] + list(extra)),
+        row = {"config": name, "embedding": embedding,
+               "flags": " ".join(CONFIGS[name] + list(extra)),
                "ranks": ranks, "global_batch": batch, "wall_seconds": time.perf_counter() - start,
                **{key: report[key] for key in REPORT_KEYS}}
         rows.append(row)

@@ -86,8 +86,8 @@ def test_sgd_update_at_rate_zero_changes_nothing_even_for_inf_and_nan(ops, devic
     grads[0, 0], grads[1, 1] = np.inf, np.nan
     with tf.device(device):
         variable = tf.Variable(table)
-        ops.sgd_update(variable, tf.constant(keys), tf.constant(grads.astype(dtype.as_numpy_dtype)),
-                       tf.constant(0.0))
+        grads = tf.constant(grads.astype(dtype.as_numpy_dtype))
+        ops.sgd_update(variable, tf.constant(keys), grads, tf.constant(0.0))
     np.testing.assert_array_equal(variable.numpy(), table)
 
 
