@@ -450,7 +450,7 @@ class SOKEmbedding(tf.Module):
             if hvd.size() > 1:  # the same number of keys on every rank: pad to the largest U
                 most = hvd.allreduce(tf.size(keys), op=hvd.Max, name="sok_unique_keys")
                 keys = tf.pad(keys, [[0, most - tf.size(keys)]])                  # [U_max]
-        one_key_rows = tf.RaggedTensor.from_uniform_row_length(keys, 1)
+        one_key_rows = tf.RaggedTensor.from_uniform_row_length(keys, 1, validate=False)
         vectors, = self._sok.lookup_sparse([self.table], [one_key_rows], combiners=["sum"])
         if self.compress:
             vectors = tf.gather(vectors, key_of_lookup)                           # [B*F, D]

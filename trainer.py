@@ -476,9 +476,11 @@ class _ProfilerWindow:
                          f"{first_step + done}{cut} in {self.profile[2]}")
 
 
-def _log_step(trainer, epoch, step, loss, samples_per_second, log, scalars):
-    """The log line of `step` (reads the loss back: a host sync) and its TensorBoard scalars."""
+def _log_step(trainer, clock, epoch, step, loss, log, scalars):
+    """The log line of `step` and its TensorBoard scalars; the segment's samples/s is taken
+    after check_loss's host sync (the steps launched so far have run)."""
     trainer.check_loss()
+    samples_per_second = clock.samples_per_second(trainer.global_batch)
     with tf.device("/CPU:0"):  # no GPU kernel's first launch (JIT) here
         lr = float(trainer.lr_schedule(tf.constant(int(trainer.step) - 1)))
     log(f"epoch {epoch} step {step}: loss {float(loss):.5f} lr {lr:.4f} "
@@ -541,8 +543,7 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
                 clock.first_step_done()
             if step % log_interval == 0 or last:
                 with phases("log"):
-                    _log_step(trainer, epoch, step, loss,
-                              clock.samples_per_second(trainer.global_batch), log, scalars)
+                    _log_step(trainer, clock, epoch, step, loss, log, scalars)
             evaluate = eval_interval and step % eval_interval == 0 and eval_dataset is not None
             if evaluate or saving.due(step):
                 clock.stop()

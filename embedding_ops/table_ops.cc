@@ -35,13 +35,14 @@ REGISTER_OP("TableGather")
     .Output("vectors: T")
     .Attr("T: {half, float}")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle rows;
+      ShapeHandle rows, table;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &rows));
       DimensionHandle dim = c->UnknownDim();
       const auto* handle_data = c->input_handle_shapes_and_types(0);
-      if (handle_data != nullptr && handle_data->size() == 1 &&
-          c->RankKnown((*handle_data)[0].shape))
-        dim = c->Dim((*handle_data)[0].shape, 1);
+      if (handle_data != nullptr && handle_data->size() == 1) {  // the variable's shape
+        TF_RETURN_IF_ERROR(c->WithRank((*handle_data)[0].shape, 2, &table));
+        dim = c->Dim(table, 1);
+      }
       c->set_output(0, c->Matrix(c->Dim(rows, 0), dim));
       return absl::OkStatus();
     });
@@ -65,6 +66,8 @@ REGISTER_OP("TableSgdUpdate")
 // The variable behind input 0, checked to be float32 [R, D].
 Status LookupTable(OpKernelContext* ctx, core::RefCountPtr<Var>* var) {
   TF_RETURN_IF_ERROR(LookupResource(ctx, HandleFromInput(ctx, 0), var));
+  if (!(*var)->is_initialized)
+    return errors::FailedPrecondition("table: the variable is not initialized");
   const Tensor& table = *(*var)->tensor();
   if (table.dtype() != DT_FLOAT || table.dims() != 2)
     return errors::InvalidArgument("table must be a float32 [rows, dim] variable, got ",

@@ -118,6 +118,13 @@ def test_rows_outside_the_table_are_refused_on_the_cpu(ops):
     np.testing.assert_array_equal(variable.numpy(), 0.0)
 
 
+def test_a_table_that_is_not_a_matrix_is_refused_when_traced(ops):
+    """The shape function checks the variable's rank (a 1-D one crashed the process)."""
+    vector = tf.Variable(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="must be rank 2"):
+        tf.function(lambda: ops.gather(vector, tf.constant([0], tf.int64), tf.float32))()
+
+
 def test_a_missing_build_names_the_build_command(ops, tmp_path, monkeypatch):
     monkeypatch.setattr(ops, "_ops", None)
     with pytest.raises(ImportError, match="make -C .*embedding_ops"):

@@ -1,6 +1,6 @@
 """Predicted ms/iter of the tf backend on N GPUs, from one GPU's measurement plus the exchange.
 
-    python3 -m bench.step_model PER_GPU_JSON [--gpus=8] [--global_batch=65536]
+    python3 -m tools.step_model PER_GPU_JSON [--gpus=8] [--global_batch=65536]
                                 [--link_gb_s=450,225] [--latency_us=30]
 
 PER_GPU_JSON: `bench_gpu.py configs --batch=B/N --vocab_sizes=<criteo_tb / N per feature>` on one

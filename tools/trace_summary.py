@@ -1,7 +1,7 @@
 """Where the time of a profiled run goes: on the GPU, kernels by total time and how busy the
 GPU was; on the host, the TensorFlow ops the executor ran per step, by type.
 
-    python bench/trace_summary.py PROFILE_DIR [--steps=10] [--top=25] [--json=OUT]
+    python -m tools.trace_summary PROFILE_DIR [--steps=10] [--top=25] [--json=OUT]
 
 PROFILE_DIR is main.py's --profile_dir (the newest *.xplane.pb under it is read). Prints, all
 per step (--steps: the number of steps traced):
