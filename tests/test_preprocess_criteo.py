@@ -327,14 +327,14 @@ def test_bad_line_in_gzip_input_and_cli_exit_status(dataset, tmp_path):
 def _kill_after(in_dir, out_dir, stage, number):
     """Runs preprocess with FAST's options in a fresh session (the shuffle's scatter
     checkpointed every 2 blocks) and SIGKILLs it right after its checkpoint (stage, number)."""
-    code = ("import json, os, signal, sys; sys.path.insert(0, sys.argv[1]); import "
+    code = ("import json, os, signal, sys; import "  # run in ROOT: its modules import
             "preprocess_criteo as p; from criteo import shuffle; shuffle.SHUFFLE_SAVE_BLOCKS = 2; "
-            "stop = (sys.argv[2], int(sys.argv[3])); kill = lambda stage, number: "
+            "stop = (sys.argv[1], int(sys.argv[2])); kill = lambda stage, number: "
             "os.kill(os.getpid(), signal.SIGKILL) if (stage, number) == stop else None; "
-            "p.preprocess(sys.argv[4], sys.argv[5], [0, 1, 2], 3, on_checkpoint=kill, "
-            "**json.loads(sys.argv[6]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, stage, str(number), in_dir,
-                             out_dir, json.dumps(FAST)],
+            "p.preprocess(sys.argv[3], sys.argv[4], [0, 1, 2], 3, on_checkpoint=kill, "
+            "**json.loads(sys.argv[5]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, stage, str(number), in_dir,
+                             out_dir, json.dumps(FAST)], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = proc.communicate(timeout=120)
     try:  # the workers die with it (PR_SET_PDEATHSIG); make sure, by this session's id
