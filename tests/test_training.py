@@ -306,8 +306,8 @@ def test_a_failing_rank_other_than_0_ends_quietly_at_the_launchers_sigterm():
     """A usage error on rank 1 says nothing (rank 0 says it) and waits for the launcher to end
     the job; the launcher's SIGTERM then ends it with exit status 2, not killed by the signal,
     whatever the moment (the end of a fixed wait could leave it to die in its exit)."""
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import main; main._fail('rank 0 says it')"
-    proc = subprocess.Popen([sys.executable, "-c", code, ROOT], text=True,
+    code = "import main; main._fail('rank 0 says it')"  # run in ROOT: main imports
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
                             env=dict(os.environ, HOROVOD_RANK="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
