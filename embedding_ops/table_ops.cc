@@ -116,21 +116,26 @@ Status MakeCopyOnRead(OpKernelContext* ctx, Var* var, CopyFn copy) {
   return absl::OkStatus();
 }
 
+// What differs by device, for Device = CPUDevice or GPUDevice: whether the host checks the
+// rows (the CPU can: they are in its memory), the copy of the table for copy-on-read, and
+// the two kernels.
+template <typename Device, typename T>
+struct TableKernels;
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+
 template <typename T>
-class TableGatherCpu : public OpKernel {
- public:
-  explicit TableGatherCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-  void Compute(OpKernelContext* ctx) override {
-    core::RefCountPtr<Var> var;
-    OP_REQUIRES_OK(ctx, LookupTable(ctx, &var));
-    tf_shared_lock lock(*var->mu());
-    const Tensor& table = *var->tensor();
-    const Tensor& rows = ctx->input(1);
-    const int64_t num_rows = table.dim_size(0), dim = table.dim_size(1);
-    OP_REQUIRES_OK(ctx, CheckRows(rows, nullptr, dim));
-    OP_REQUIRES_OK(ctx, CheckRowsInRange(rows, num_rows));
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows.dim_size(0), dim}), &out));
+struct TableKernels<CPUDevice, T> {
+  static constexpr bool kChecksRows = true;
+
+  static Status Copy(OpKernelContext*, float* to, const float* from, size_t bytes) {
+    std::memcpy(to, from, bytes);
+    return absl::OkStatus();
+  }
+
+  static Status Gather(OpKernelContext* ctx, const Tensor& table, const Tensor& rows,
+                       Tensor* out) {
+    const int64_t dim = table.dim_size(1);
     const float* src = table.flat<float>().data();
     const int64_t* r = rows.flat<int64_t>().data();
     T* dst = out->flat<T>().data();
@@ -140,48 +145,27 @@ class TableGatherCpu : public OpKernel {
             for (int64_t k = begin; k < end; ++k)
               for (int64_t c = 0; c < dim; ++c) dst[k * dim + c] = T(src[r[k] * dim + c]);
           });
+    return absl::OkStatus();
   }
-};
 
-template <typename T>
-class TableSgdUpdateCpu : public OpKernel {
- public:
-  explicit TableSgdUpdateCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-  void Compute(OpKernelContext* ctx) override {
-    core::RefCountPtr<Var> var;
-    OP_REQUIRES_OK(ctx, LookupTable(ctx, &var));
-    mutex_lock lock(*var->mu());
-    const Tensor &rows = ctx->input(1), &grads = ctx->input(2);
-    const int64_t num_rows = var->tensor()->dim_size(0), dim = var->tensor()->dim_size(1);
-    OP_REQUIRES_OK(ctx, CheckRows(rows, &grads, dim));
-    OP_REQUIRES_OK(ctx, CheckRowsInRange(rows, num_rows));
-    OP_REQUIRES_OK(ctx, MakeCopyOnRead(ctx, var.get(), [](float* to, const float* from,
-                                                           size_t bytes) {
-                     std::memcpy(to, from, bytes);
-                     return absl::OkStatus();
-                   }));
-    const float step = -ctx->input(3).scalar<float>()();
-    if (step == 0.f) return;  // a skipped step: no row changes, whatever grads holds
-    float* table = var->tensor()->flat<float>().data();
+  static Status SgdUpdate(OpKernelContext*, Tensor* table, const Tensor& rows,
+                          const Tensor& grads, const Tensor& rate) {
+    const float step = -rate.scalar<float>()();
+    if (step == 0.f) return absl::OkStatus();  // a skipped step: no change, whatever grads holds
+    const int64_t dim = table->dim_size(1);
+    float* t = table->flat<float>().data();
     const int64_t* r = rows.flat<int64_t>().data();
     const T* g = grads.flat<T>().data();
     for (int64_t k = 0; k < rows.dim_size(0); ++k)  // in order: repeated rows add up
       for (int64_t c = 0; c < dim; ++c)
-        table[r[k] * dim + c] += step * static_cast<float>(g[k * dim + c]);
+        t[r[k] * dim + c] += step * static_cast<float>(g[k * dim + c]);
+    return absl::OkStatus();
   }
 };
 
-#define REGISTER_CPU(T)                                                                  \
-  REGISTER_KERNEL_BUILDER(Name("TableGather").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
-                          TableGatherCpu<T>);                                            \
-  REGISTER_KERNEL_BUILDER(                                                               \
-      Name("TableSgdUpdate").Device(DEVICE_CPU).TypeConstraint<T>("T"),                  \
-      TableSgdUpdateCpu<T>);
-REGISTER_CPU(Eigen::half)
-REGISTER_CPU(float)
-#undef REGISTER_CPU
-
 #if GOOGLE_CUDA
+
+using GPUDevice = Eigen::GpuDevice;
 
 template <typename T>
 struct GpuDtype;
@@ -199,12 +183,43 @@ Status GpuStatus(int code) {
   return errors::Internal("table op CUDA kernel failed: ", table_ops_gpu_error_string(code));
 }
 
-void* Stream(OpKernelContext* ctx) { return ctx->eigen_device<Eigen::GpuDevice>().stream(); }
+void* Stream(OpKernelContext* ctx) { return ctx->eigen_device<GPUDevice>().stream(); }
+
+const long long* Rows(const Tensor& rows) {
+  return reinterpret_cast<const long long*>(rows.flat<int64_t>().data());
+}
 
 template <typename T>
-class TableGatherGpu : public OpKernel {
+struct TableKernels<GPUDevice, T> {
+  static constexpr bool kChecksRows = false;  // the kernels skip (update) or zero (gather) them
+
+  static Status Copy(OpKernelContext* ctx, float* to, const float* from, size_t bytes) {
+    return GpuStatus(table_copy_gpu(to, from, bytes, Stream(ctx)));
+  }
+
+  static Status Gather(OpKernelContext* ctx, const Tensor& table, const Tensor& rows,
+                       Tensor* out) {
+    return GpuStatus(table_gather_gpu(GpuDtype<T>::value, table.flat<float>().data(),
+                                      table.dim_size(0), static_cast<int>(table.dim_size(1)),
+                                      Rows(rows), rows.dim_size(0), out->flat<T>().data(),
+                                      Stream(ctx)));
+  }
+
+  static Status SgdUpdate(OpKernelContext* ctx, Tensor* table, const Tensor& rows,
+                          const Tensor& grads, const Tensor& rate) {
+    return GpuStatus(table_sgd_update_gpu(
+        GpuDtype<T>::value, table->flat<float>().data(), table->dim_size(0),
+        static_cast<int>(table->dim_size(1)), Rows(rows), rows.dim_size(0),
+        grads.flat<T>().data(), rate.flat<float>().data(), Stream(ctx)));
+  }
+};
+
+#endif  // GOOGLE_CUDA
+
+template <typename Device, typename T>
+class TableGatherOp : public OpKernel {
  public:
-  explicit TableGatherGpu(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit TableGatherOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
   void Compute(OpKernelContext* ctx) override {
     core::RefCountPtr<Var> var;
     OP_REQUIRES_OK(ctx, LookupTable(ctx, &var));
@@ -213,58 +228,51 @@ class TableGatherGpu : public OpKernel {
     const Tensor& rows = ctx->input(1);
     const int64_t dim = table.dim_size(1);
     OP_REQUIRES_OK(ctx, CheckRows(rows, nullptr, dim));
+    if (TableKernels<Device, T>::kChecksRows)
+      OP_REQUIRES_OK(ctx, CheckRowsInRange(rows, table.dim_size(0)));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows.dim_size(0), dim}), &out));
-    OP_REQUIRES_OK(ctx, GpuStatus(table_gather_gpu(
-                            GpuDtype<T>::value, table.flat<float>().data(), table.dim_size(0),
-                            static_cast<int>(dim),
-                            reinterpret_cast<const long long*>(rows.flat<int64_t>().data()),
-                            rows.dim_size(0), out->flat<T>().data(), Stream(ctx))));
+    OP_REQUIRES_OK(ctx, TableKernels<Device, T>::Gather(ctx, table, rows, out));
   }
 };
 
-template <typename T>
-class TableSgdUpdateGpu : public OpKernel {
+template <typename Device, typename T>
+class TableSgdUpdateOp : public OpKernel {
  public:
-  explicit TableSgdUpdateGpu(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit TableSgdUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
   void Compute(OpKernelContext* ctx) override {
     core::RefCountPtr<Var> var;
     OP_REQUIRES_OK(ctx, LookupTable(ctx, &var));
     mutex_lock lock(*var->mu());
     const Tensor &rows = ctx->input(1), &grads = ctx->input(2), &rate = ctx->input(3);
-    const int64_t dim = var->tensor()->dim_size(1);
-    OP_REQUIRES_OK(ctx, CheckRows(rows, &grads, dim));
-    void* stream = Stream(ctx);
-    OP_REQUIRES_OK(ctx, MakeCopyOnRead(ctx, var.get(), [stream](float* to, const float* from,
-                                                                 size_t bytes) {
-                     return GpuStatus(table_copy_gpu(to, from, bytes, stream));
+    OP_REQUIRES_OK(ctx, CheckRows(rows, &grads, var->tensor()->dim_size(1)));
+    if (TableKernels<Device, T>::kChecksRows)
+      OP_REQUIRES_OK(ctx, CheckRowsInRange(rows, var->tensor()->dim_size(0)));
+    OP_REQUIRES_OK(ctx, MakeCopyOnRead(ctx, var.get(), [ctx](float* to, const float* from,
+                                                              size_t bytes) {
+                     return TableKernels<Device, T>::Copy(ctx, to, from, bytes);
                    }));
-    Tensor& table = *var->tensor();
-    OP_REQUIRES_OK(ctx, GpuStatus(table_sgd_update_gpu(
-                            GpuDtype<T>::value, table.flat<float>().data(), table.dim_size(0),
-                            static_cast<int>(dim),
-                            reinterpret_cast<const long long*>(rows.flat<int64_t>().data()),
-                            rows.dim_size(0), grads.flat<T>().data(),
-                            rate.flat<float>().data(), stream)));
+    OP_REQUIRES_OK(ctx, TableKernels<Device, T>::SgdUpdate(ctx, var->tensor(), rows, grads,
+                                                           rate));
   }
 };
 
-#define REGISTER_GPU(T)                                                                  \
-  REGISTER_KERNEL_BUILDER(Name("TableGather")                                             \
-                              .Device(DEVICE_GPU)                                        \
-                              .HostMemory("table")                                       \
-                              .TypeConstraint<T>("T"),                                   \
-                          TableGatherGpu<T>);                                            \
-  REGISTER_KERNEL_BUILDER(Name("TableSgdUpdate")                                          \
-                              .Device(DEVICE_GPU)                                        \
-                              .HostMemory("table")                                       \
-                              .TypeConstraint<T>("T"),                                   \
-                          TableSgdUpdateGpu<T>);
-REGISTER_GPU(Eigen::half)
-REGISTER_GPU(float)
-#undef REGISTER_GPU
-
-#endif  // GOOGLE_CUDA
+#define REGISTER(DEVICE_TYPE, DEVICE, T)                                               \
+  REGISTER_KERNEL_BUILDER(                                                             \
+      Name("TableGather").Device(DEVICE_TYPE).HostMemory("table").TypeConstraint<T>("T"), \
+      TableGatherOp<DEVICE, T>);                                                       \
+  REGISTER_KERNEL_BUILDER(Name("TableSgdUpdate")                                        \
+                              .Device(DEVICE_TYPE)                                     \
+                              .HostMemory("table")                                     \
+                              .TypeConstraint<T>("T"),                                 \
+                          TableSgdUpdateOp<DEVICE, T>);
+REGISTER(DEVICE_CPU, CPUDevice, Eigen::half)
+REGISTER(DEVICE_CPU, CPUDevice, float)
+#if GOOGLE_CUDA
+REGISTER(DEVICE_GPU, GPUDevice, Eigen::half)
+REGISTER(DEVICE_GPU, GPUDevice, float)
+#endif
+#undef REGISTER
 
 }  // namespace
 }  // namespace tensorflow
