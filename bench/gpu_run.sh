@@ -27,9 +27,10 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 stage=$1; shift
-share_flags() {  # main.py's batch and tables for one GPU's share of the 8-GPU job
-  echo "--global_batch_size=8192 --vocab_sizes=$(python -c 'import math, data_format as f
-print(",".join(str(math.ceil(v / 8)) for v in f.CRITEO_TB_VOCAB_SIZES))')"
+SHARE_BATCH=8192  # one GPU's share of the 8-GPU job: its batch, and ceil(v / 8) rows a table
+share_vocab() {
+  python -c 'import math, data_format as f
+print(",".join(str(math.ceil(v / 8)) for v in f.CRITEO_TB_VOCAB_SIZES))'
 }
 case "$stage" in
   build)
@@ -44,8 +45,8 @@ case "$stage" in
   configs)
     python -m bench.bench_gpu configs --out="$OUT/configs" "$@" ;;
   share)
-    python -m bench.bench_gpu configs --out="$OUT/share" --batch=8192 \
-      --vocab_sizes="$(share_flags | sed 's/.*--vocab_sizes=//')" "$@" ;;
+    python -m bench.bench_gpu configs --out="$OUT/share" --batch=$SHARE_BATCH \
+      --vocab_sizes="$(share_vocab)" "$@" ;;
   parts)
     python -m bench.bench_gpu parts --out="$OUT/parts" "$@" ;;
   real_data)
@@ -66,10 +67,14 @@ case "$stage" in
   profile)
     python -m zipfile -e .gpu/nvidia_cuda_cupti_cu12-*.whl /opt/cupti
     export LD_LIBRARY_PATH=/opt/cupti/nvidia/cuda_cupti/lib:$LD_LIBRARY_PATH
+    share=()
+    if [ "${SHARE:-0}" = 1 ]; then
+      share=(--global_batch_size=$SHARE_BATCH --vocab_sizes="$(share_vocab)")
+    fi
     python main.py --use_synthetic_dataset --vocab_sizes=criteo_tb --global_batch_size=65536 \
       --embedding=tf --amp --xla --custom_interact --early_stop=60 --log_interval=20 \
-      --profile_dir="$OUT/profile" --profile_steps=40:50 $([ "${SHARE:-0}" = 1 ] && share_flags) \
-      "$@" 2>&1 | tee "$OUT/profile.log"
+      --profile_dir="$OUT/profile" --profile_steps=40:50 "${share[@]}" "$@" 2>&1 \
+      | tee "$OUT/profile.log"
     python -m tools.trace_summary "$OUT/profile" --steps=10 --top=40 \
       --json="$OUT/profile_summary.json" | tee -a "$OUT/profile.log" ;;
   suite)  # file by file, so a call's time limit still leaves each finished file's summary
