@@ -51,6 +51,12 @@ def feature_offsets(vocab_sizes):
     return np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
 
 
+def global_keys(ids, offsets):
+    """ids int32|int64 [B, F], offsets int64 [F] (feature_offsets) -> int64 [B*F]: each
+    lookup's global row of the fused table, sample by sample, feature by feature."""
+    return tf.reshape(tf.cast(ids, tf.int64) + offsets, [-1])
+
+
 # Tables are filled in place in blocks of 1/64 of a shard (at least 32 MiB): the initializer's
 # temporaries stay a few percent of the table, and a 90 GiB table takes 64 scatters.
 _INIT_BLOCKS, _MIN_INIT_BLOCK_BYTES = 64, 1 << 25
@@ -332,7 +338,7 @@ class TFEmbedding(tf.Module):
 
     def __call__(self, ids):
         """ids int32 or int64 [B, F] -> vector_dtype [B, F, D]."""
-        keys = tf.reshape(tf.cast(ids, tf.int64) + self._offsets, [-1])       # [B*F]
+        keys = global_keys(ids, self._offsets)                                 # [B*F]
         if self.compress:
             keys, key_of_lookup = tf.unique(keys)                              # [U], [B*F]
         if self.num_ranks == 1:
@@ -444,7 +450,7 @@ class SOKEmbedding(tf.Module):
 
     def __call__(self, ids):
         """ids int32 or int64 [B, F] -> float32 [B, F, D]."""
-        keys = tf.reshape(tf.cast(ids, tf.int64) + self._offsets, [-1])          # [B*F]
+        keys = global_keys(ids, self._offsets)                                    # [B*F]
         if self.compress:
             keys, key_of_lookup = tf.unique(keys)                                 # [U], [B*F]
             if hvd.size() > 1:  # the same number of keys on every rank: pad to the largest U
