@@ -284,7 +284,11 @@ def test_a_data_error_at_start_on_2_ranks_is_the_last_line_of_the_ranks(tmp_path
     """Rank 0's error is the last line the ranks print: the start line comes only after the
     data's checks (printed before them, horovodrun, which relays each rank's stdout and stderr
     apart, could show it after the error), and the rank horovodrun ends after rank 0's exit
-    ends with status 2 (killed by the signal, its shell printed "[1]<stderr>:Terminated")."""
+    says nothing (killed by the signal, its shell would print "[1]<stderr>:Terminated").
+
+    horovodrun reports that rank's status as 2 or, now and then, as 0 (no line): its middleman and its
+    termination thread both wait for the rank's shell, and the one that loses the race reads
+    0 (seen once in 8 runs under load). The status itself at the SIGTERM is the next test's."""
     cmd, env = main_command(f"--data_dir={tmp_path}")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=300)
@@ -292,7 +296,8 @@ def test_a_data_error_at_start_on_2_ranks_is_the_last_line_of_the_ranks(tmp_path
     ranks = [line for line in proc.stdout.splitlines() if re.match(r"\[\d+\]<std", line)]
     assert ranks == [f"[0]<stderr>:main.py: error: {tmp_path / 'train' / 'metadata.json'}: "
                      f"missing (create the directory with split_bin.py)"], proc.stdout
-    assert "Process 1 exit with status code 2." in proc.stdout, proc.stdout
+    assert re.findall(r"Process 1 exit with status code (\d+)\.", proc.stdout) in ([], ["2"]), \
+        proc.stdout
 
 
 def _catches_sigterm(pid):
