@@ -271,11 +271,12 @@ def _eval_interval(training):
     return training.scale_steps(training.REFERENCE_EVAL_INTERVAL, FLAGS.global_batch_size)
 
 
-def _open_outputs(tf, fmt):
+def _open_outputs(tf):
     """Rank 0's outputs, checked before any work: --results_json's directory takes a file,
     --checkpoint_dir, --tensorboard_dir and --profile_dir are made and take one, the
     TensorBoard writer opens.
     -> (one line naming the first flag that fails, or None; the summary writer or None)."""
+    import data_format as fmt
     checks = [("results_json", fmt.check_writable_file),
               ("checkpoint_dir", fmt.check_writable_directory),  # then every rank's, locked
               ("tensorboard_dir", fmt.check_writable_directory),
@@ -294,11 +295,12 @@ def _open_outputs(tf, fmt):
         return f"--tensorboard_dir={FLAGS.tensorboard_dir}: cannot write there ({err})", None
 
 
-def _claim_outputs(tf, hvd, fmt, checkpoint, say):
+def _claim_outputs(tf, hvd, say):
     """Before any work: rank 0's outputs checked (_open_outputs; every rank learns the verdict)
     and --checkpoint_dir locked for this run (checkpoint.lock_directory, every rank's view).
     -> rank 0's summary writer or None. Raises app.UsageError."""
-    problem, writer = _open_outputs(tf, fmt) if hvd.rank() == 0 else (None, None)
+    import checkpoint
+    problem, writer = _open_outputs(tf) if hvd.rank() == 0 else (None, None)
     problem = hvd.broadcast_object(problem, root_rank=0, name="output_check")
     if problem:
         raise app.UsageError(problem)
@@ -310,8 +312,9 @@ def _claim_outputs(tf, hvd, fmt, checkpoint, say):
     return writer
 
 
-def _write_results(fmt, path, report, say):
+def _write_results(path, report, say):
     """--results_json (rank 0) at the end: a failure warns; the run and its checkpoint stand."""
+    import data_format as fmt
     try:
         fmt.write_json_atomic(path, report)
     except OSError as err:
@@ -319,66 +322,45 @@ def _write_results(fmt, path, report, say):
             file=sys.stderr)
 
 
-def train():
-    """The job: data, model, schedule, fit, report. Raises app.UsageError for bad input."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines off, warnings on
-    if FLAGS.data_dir is None and not FLAGS.use_synthetic_dataset:
-        raise app.UsageError("give --data_dir (train/ and test/ made by split_bin.py) or "
-                             "--use_synthetic_dataset")
-    bottom_mlp, top_mlp = tuple(map(int, FLAGS.bottom_mlp)), tuple(map(int, FLAGS.top_mlp))
-
-    import horovod.tensorflow as hvd
-    import tensorflow as tf
-
-    import checkpoint
+def _open_datasets(batch, rank, world, input_device):
+    """The rank's training and evaluation data: synthetic, or --data_dir's train/ and test/.
+    -> (train_data, eval_data, vocab_sizes, shuffle_seed: the batch order's seed or None for
+    file order). Raises app.UsageError."""
     import data_format as fmt
     import dataset
-    import embedding
-    import model as dlrm
-    import trainer as training
-
-    hvd.init()
-    device, input_device = _pin_gpu(tf, hvd)
-    world = hvd.size()
-    if FLAGS.global_batch_size % world:
-        raise app.UsageError(f"--global_batch_size={FLAGS.global_batch_size} does not divide "
-                             f"by the number of ranks ({world})")
-    batch = FLAGS.global_batch_size // world
-    say = print if hvd.rank() == 0 else (lambda *a, **k: None)
-    summary_writer = _claim_outputs(tf, hvd, fmt, checkpoint, say)
-
-    shuffle_seed = None  # the training batches' order: file order
     if FLAGS.use_synthetic_dataset:
         vocab_sizes = fmt.parse_vocab_sizes(FLAGS.vocab_sizes or "criteo_tb")
-        train_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_steps,
-                                              seed=hvd.rank(), device=input_device)
-        eval_data = dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_eval_steps,
-                                             seed=world + hvd.rank(), device=input_device)
-    else:
-        try:
-            if FLAGS.shuffle_batches is not False:  # on by default for real data
-                shuffle_seed = FLAGS.shuffle_seed
-            train_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "train"), batch,
-                                              hvd.rank(), world, training=True,
-                                              prefetch=FLAGS.prefetch, device=input_device,
-                                              shuffle_seed=shuffle_seed)
-            eval_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "test"), batch,
-                                             hvd.rank(), world, training=False,
-                                             prefetch=FLAGS.prefetch, device=input_device)
-        except (OSError, ValueError) as err:
-            raise app.UsageError(str(err)) from None
-        vocab_sizes = train_data.vocab_sizes
-        if eval_data.vocab_sizes != vocab_sizes:
-            feature = next(f for f, (a, b) in enumerate(zip(vocab_sizes, eval_data.vocab_sizes))
-                           if a != b)
-            raise app.UsageError(
-                f"{FLAGS.data_dir}: train/ and test/ metadata.json disagree on vocab_sizes"
-                f"[{feature}]: {vocab_sizes[feature]} in train, {eval_data.vocab_sizes[feature]} "
-                f"in test")
-    # Only now, after the checks of the outputs and the data: a start line printed before
-    # them could reach the user after their error (horovodrun relays stdout and stderr apart).
-    say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
+        return (dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_steps, seed=rank,
+                                         device=input_device),
+                dataset.SyntheticDataset(batch, vocab_sizes, FLAGS.synthetic_eval_steps,
+                                         seed=world + rank, device=input_device),
+                vocab_sizes, None)
+    shuffle_seed = FLAGS.shuffle_seed if FLAGS.shuffle_batches is not False else None
+    try:  # shuffled by default for real data
+        train_data, eval_data = (
+            dataset.SplitDataset(os.path.join(FLAGS.data_dir, part), batch, rank, world,
+                                 training=part == "train", prefetch=FLAGS.prefetch,
+                                 device=input_device,
+                                 shuffle_seed=shuffle_seed if part == "train" else None)
+            for part in ("train", "test"))
+    except (OSError, ValueError) as err:
+        raise app.UsageError(str(err)) from None
+    vocab_sizes = train_data.vocab_sizes
+    if eval_data.vocab_sizes != vocab_sizes:
+        feature = next(f for f, (a, b) in enumerate(zip(vocab_sizes, eval_data.vocab_sizes))
+                       if a != b)
+        raise app.UsageError(
+            f"{FLAGS.data_dir}: train/ and test/ metadata.json disagree on vocab_sizes"
+            f"[{feature}]: {vocab_sizes[feature]} in train, {eval_data.vocab_sizes[feature]} "
+            f"in test")
+    return train_data, eval_data, vocab_sizes, shuffle_seed
 
+
+def _build_model(tf, vocab_sizes, input_device, say):
+    """The embedding tables (--embedding's backend) and the DLRM around them; says which.
+    -> (model, tables, table_seconds, startup_peak_gib). Raises app.UsageError."""
+    import embedding
+    import model as dlrm
     if FLAGS.amp:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     interaction = dlrm.dot_interaction
@@ -394,14 +376,15 @@ def train():
             vector_dtype=tf.float16 if FLAGS.amp else tf.float32,
             fused_table_ops=FLAGS.fused_table_ops, jit_compile=FLAGS.xla)
         table_seconds = time.perf_counter() - start
-        model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=bottom_mlp, top_mlp=top_mlp,
-                          interaction=interaction, seed=FLAGS.seed, jit_compile=FLAGS.xla)
+        model = dlrm.DLRM(tables, vocab_sizes, bottom_mlp=tuple(map(int, FLAGS.bottom_mlp)),
+                          top_mlp=tuple(map(int, FLAGS.top_mlp)), interaction=interaction,
+                          seed=FLAGS.seed, jit_compile=FLAGS.xla)
     except (ValueError, ImportError, OSError, RuntimeError) as err:  # op or SOK missing
         raise app.UsageError(str(err)) from None
-    startup_peak_gib = _peak_gpu_gib(tf, input_device)
+    peak = _peak_gpu_gib(tf, input_device)
     say(f"embedding backend {tables.name} ({why}), {sum(vocab_sizes):,} rows x "
         f"{FLAGS.embedding_dim} in {table_seconds:.1f} s"
-        f"{'' if startup_peak_gib is None else f' (GPU peak {startup_peak_gib:.1f} GiB)'}, "
+        f"{'' if peak is None else f' (GPU peak {peak:.1f} GiB)'}, "
         f"compress {FLAGS.compress}, amp {FLAGS.amp}, xla {FLAGS.xla}, "
         f"interaction {'custom op' if FLAGS.custom_interact else 'tf'}"
         + (f", table ops {'fused' if FLAGS.fused_table_ops else 'tf'}"
@@ -410,38 +393,84 @@ def train():
         warning = embedding.unpatched_sok_warning(tables.sok, on_gpu=input_device is not None)
         if warning:
             say(warning)
+    return model, tables, table_seconds, peak
 
+
+def _build_trainer(model, steps_per_epoch, say):
+    """The learning-rate schedule (said, with its warnings for this run) and the Trainer.
+    -> (trainer, eval_interval). Raises app.UsageError."""
+    import trainer as training
     try:
         schedule = training.LearningRateSchedule.for_global_batch(
             FLAGS.lr, FLAGS.global_batch_size, FLAGS.warmup_steps, FLAGS.decay_start_step,
             FLAGS.decay_steps)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
-    run_steps = len(train_data) * FLAGS.epochs
+    run_steps = steps_per_epoch * FLAGS.epochs
     if FLAGS.early_stop > 0:
         run_steps = min(run_steps, FLAGS.early_stop)
     eval_interval = _eval_interval(training)
-    say(f"{schedule.describe()}; this run: {run_steps} steps ({len(train_data)} per epoch), "
+    say(f"{schedule.describe()}; this run: {run_steps} steps ({steps_per_epoch} per epoch), "
         f"evaluation {f'every {eval_interval} steps' if eval_interval else 'never during training'}"
         f"{' and at the end' if FLAGS.eval_in_last else ''}")
     for line in training.schedule_warnings(schedule, run_steps, eval_interval, FLAGS.eval_in_last):
         say(f"warning: {line}")
-    loss_scale = training.DynamicLossScale() if FLAGS.amp else None
-    trainer = training.Trainer(model, schedule, FLAGS.global_batch_size, loss_scale=loss_scale,
+    trainer = training.Trainer(model, schedule, FLAGS.global_batch_size,
+                               loss_scale=training.DynamicLossScale() if FLAGS.amp else None,
                                allreduce_fp16=FLAGS.allreduce_fp16, jit_compile=FLAGS.xla)
-    checkpoints = resume_from = None
-    if FLAGS.checkpoint_dir:
-        checkpoints = checkpoint.Checkpoints(  # locked above
-            FLAGS.checkpoint_dir, trainer,
-            batch_shuffle_seed=shuffle_seed)
-        resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0,  # rank 0 decides
-                                           name="resume_from")
-        if resume_from and not FLAGS.resume:
-            raise app.UsageError(f"--checkpoint_dir={FLAGS.checkpoint_dir} holds a checkpoint "
-                                 f"({os.path.basename(resume_from)}), which this run would "
-                                 f"replace: pass --resume to continue it, or another directory")
-        if FLAGS.resume and not resume_from:
-            say(f"--resume: no checkpoint in {FLAGS.checkpoint_dir} yet: starting at step 0")
+    return trainer, eval_interval
+
+
+def _checkpoints_and_resume(hvd, trainer, shuffle_seed, say):
+    """--checkpoint_dir's Checkpoints (the directory is locked already) and the checkpoint to
+    resume from (rank 0's choice), or (None, None). Raises app.UsageError."""
+    import checkpoint
+    if not FLAGS.checkpoint_dir:
+        return None, None
+    checkpoints = checkpoint.Checkpoints(FLAGS.checkpoint_dir, trainer,
+                                         batch_shuffle_seed=shuffle_seed)
+    resume_from = hvd.broadcast_object(checkpoints.latest(), root_rank=0, name="resume_from")
+    if resume_from and not FLAGS.resume:
+        raise app.UsageError(f"--checkpoint_dir={FLAGS.checkpoint_dir} holds a checkpoint "
+                             f"({os.path.basename(resume_from)}), which this run would "
+                             f"replace: pass --resume to continue it, or another directory")
+    if FLAGS.resume and not resume_from:
+        say(f"--resume: no checkpoint in {FLAGS.checkpoint_dir} yet: starting at step 0")
+    return checkpoints, resume_from
+
+
+def train():
+    """The job: data, model, trainer, fit, report. -> exit status; raises app.UsageError for
+    bad input."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines off, warnings on
+    if FLAGS.data_dir is None and not FLAGS.use_synthetic_dataset:
+        raise app.UsageError("give --data_dir (train/ and test/ made by split_bin.py) or "
+                             "--use_synthetic_dataset")
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    import checkpoint
+    import dataset
+    import trainer as training
+
+    hvd.init()
+    device, input_device = _pin_gpu(tf, hvd)
+    world = hvd.size()
+    if FLAGS.global_batch_size % world:
+        raise app.UsageError(f"--global_batch_size={FLAGS.global_batch_size} does not divide "
+                             f"by the number of ranks ({world})")
+    batch = FLAGS.global_batch_size // world
+    say = print if hvd.rank() == 0 else (lambda *a, **k: None)
+    summary_writer = _claim_outputs(tf, hvd, say)
+    train_data, eval_data, vocab_sizes, shuffle_seed = _open_datasets(batch, hvd.rank(), world,
+                                                                      input_device)
+    # Only now, after the checks of the outputs and the data: a start line printed before
+    # them could reach the user after their error (horovodrun relays stdout and stderr apart).
+    say(f"{world} ranks, {batch} samples per rank, device {device}", flush=True)
+    model, tables, table_seconds, startup_peak_gib = _build_model(tf, vocab_sizes, input_device,
+                                                                  say)
+    trainer, eval_interval = _build_trainer(model, len(train_data), say)
+    checkpoints, resume_from = _checkpoints_and_resume(hvd, trainer, shuffle_seed, say)
     try:
         report = training.fit(
             trainer, train_data, eval_data, epochs=FLAGS.epochs,
@@ -450,8 +479,7 @@ def train():
             auc_target=FLAGS.auc_target, log_interval=FLAGS.log_interval,
             profile=((*_step_range(FLAGS.profile_steps), FLAGS.profile_dir)
                      if FLAGS.profile_dir and hvd.rank() == 0 else None),
-            log=lambda line: say(line, flush=True),
-            summary_writer=summary_writer,
+            log=lambda line: say(line, flush=True), summary_writer=summary_writer,
             checkpoints=checkpoints, checkpoint_every=FLAGS.checkpoint_every_steps,
             resume_from=resume_from)
     except checkpoint.CheckpointError as err:  # the same files, the same error on every rank
@@ -467,7 +495,7 @@ def train():
                   peak_gpu_gib=_peak_gpu_gib(tf, input_device))
     say(training.format_report(report), flush=True)
     if FLAGS.results_json and hvd.rank() == 0:
-        _write_results(fmt, FLAGS.results_json, report, say)
+        _write_results(FLAGS.results_json, report, say)
     return 0
 
 
