@@ -21,10 +21,8 @@ NCCL_NVLS_ENABLE=0 on shared machines) for each N of --gpus, at a fixed per-GPU 
 N x --per_gpu_batch) and at the fixed global --batch; the speed-up over one GPU at the same
 per-GPU batch and at the same global batch, with its efficiency (speed-up / N).
 
-parts: in one process, each part of a step at batch 65536 (26 lookups a sample) timed alone
-(needs custom_interact and embedding_ops built):
-a tf.function runs it REPEATS times back to back, median of 3 such loops. Floors: bytes over
-the copy bandwidth and FLOPs over the fp16 matmul rate, both measured first in the same run.
+parts: in one process, each part of a step at batch 65536 timed alone beside its floor
+(bench/parts.py; needs custom_interact and embedding_ops built).
 """
 
 import argparse
@@ -48,8 +46,9 @@ CONFIGS = {  # name -> main.py flags; the seed's rows first
     "fp32 xla custom": ["--xla", "--custom_interact"],
     "amp compress xla custom": ["--amp", "--compress", "--xla", "--custom_interact"],
 }
-BATCH, FEATURES, DIM, DENSE = 65536, 26, 128, 13
-REPORT_KEYS = ["ms_per_iteration", "samples_per_second", "first_step_seconds", "table_seconds",
+BATCH = 65536  # the seed's global batch
+REPORT_KEYS = ["ms_per_iteration", "samples_per_second", "input_ms_per_iteration",
+               "launch_ms_per_iteration", "first_step_seconds", "table_seconds",
                "startup_peak_gpu_gib", "peak_gpu_gib"]
 
 
@@ -101,17 +100,21 @@ def run_configs(out_dir, steps, names, embedding="tf", vocab_sizes="criteo_tb", 
                **{key: report[key] for key in REPORT_KEYS}}
         rows.append(row)
         print(f"{name}: {row['ms_per_iteration']:.2f} ms/iter "
-              f"{row['samples_per_second'] / 1e6:.2f}M samples/s, first step "
+              f"{row['samples_per_second'] / 1e6:.2f}M samples/s, host launch "
+              f"{row['launch_ms_per_iteration']:.2f} ms/iter, first step "
               f"{row['first_step_seconds']:.1f} s, peak {_gib(row['peak_gpu_gib'])} GiB",
               flush=True)
-    table = ["| configuration | ms/iter | M samples/s | first step s | table init s | "
-             "peak GiB at start | peak GiB |", "|---|---|---|---|---|---|---|"]
+    table = ["| configuration | ms/iter | M samples/s | host input ms | host launch ms | "
+             "first step s | table init s | peak GiB at start | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "failed" in row:
-            table.append(f"| {row['config']} | failed | | | | | |")
+            table.append(f"| {row['config']} | failed | | | | | | | |")
             continue
         table.append(f"| {row['config']} | {row['ms_per_iteration']:.2f} | "
-                     f"{row['samples_per_second'] / 1e6:.2f} | {row['first_step_seconds']:.1f} | "
+                     f"{row['samples_per_second'] / 1e6:.2f} | "
+                     f"{row['input_ms_per_iteration']:.2f} | "
+                     f"{row['launch_ms_per_iteration']:.2f} | {row['first_step_seconds']:.1f} | "
                      f"{row['table_seconds']:.1f} | {_gib(row['startup_peak_gpu_gib'])} | "
                      f"{_gib(row['peak_gpu_gib'])} |")
     return rows, table
@@ -146,182 +149,6 @@ def run_scaling(out_dir, steps, names, gpus, per_gpu_batch, global_batch, **opti
                      f"{speedup(row, row['global_batch'] // row['ranks'])} | "
                      f"{speedup(row, row['global_batch'])} | {_gib(row['peak_gpu_gib'])} |")
     return rows, table
-
-
-def run_parts(repeats, batch=BATCH, rows_total=None, num_scores=89_137_319):
-    import numpy as np
-    import tensorflow as tf
-
-    import custom_interact
-    import data_format as fmt
-    import embedding_ops
-    import metrics
-    import model as dlrm
-
-    rows = []
-
-    def timed(name, body, floor_ms=None, in_graph=True):
-        """in_graph: the repeats run as one tf.function's loop; else as `repeats` calls of a
-        tf.function (the dense parts: an XLA-compiled function inside a graph loop crashed
-        TF 2.15 here, 'Mutex corrupt')."""
-        step = tf.function(lambda: tf.reduce_sum(tf.reshape(tf.cast(body(), tf.float32), [-1])[:1]))
-
-        @tf.function
-        def loop():
-            acc = tf.constant(0.0)
-            for _ in tf.range(repeats):
-                acc += step()
-            return acc
-
-        def python_loop():
-            acc = 0.0
-            for _ in range(repeats):
-                acc += step()
-            return acc
-
-        run = loop if in_graph else python_loop
-        run().numpy()
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            run().numpy()
-            times.append((time.perf_counter() - start) / repeats * 1e3)
-        ms = sorted(times)[1]
-        rows.append({"part": name, "ms": ms, "floor_ms": floor_ms})
-        floor = f"  floor {floor_ms:.3f} ms ({ms / floor_ms:.1f}x)" if floor_ms else ""
-        print(f"{name:52s} {ms:8.3f} ms{floor}", flush=True)
-        return ms
-
-    # Ceilings, measured here: device copy (read + write) and fp16 matmul (small in smoke runs).
-    smoke = rows_total is not None
-    big = tf.random.uniform([1 << (20 if smoke else 28)], dtype=tf.float32)  # 1 GiB
-    copy_ms = timed("copy 1 GiB (ceiling)", lambda: big + 1.0)  # (* 1.0 is optimised away)
-    bandwidth = 2 * big.shape[0] * 4 / (copy_ms * 1e-3)
-    n = 256 if smoke else 8192
-    a = tf.cast(tf.random.normal([n, n]), tf.float16)
-    matmul_ms = timed(f"fp16 matmul {n}^3 (ceiling)", lambda: tf.matmul(a, a))
-    flops = 2 * n ** 3 / (matmul_ms * 1e-3)
-    rows.append({"part": "ceilings", "bandwidth_tb_s": bandwidth / 1e12,
-                 "fp16_tflop_s": flops / 1e12})
-    del big
-
-    def bytes_floor(nbytes):
-        return nbytes / bandwidth * 1e3
-
-    vocab = np.asarray(fmt.CRITEO_TB_VOCAB_SIZES)
-    if rows_total is not None:  # a smaller table (a smoke run): vocabularies scaled down
-        vocab = np.maximum(1, vocab * rows_total // vocab.sum())
-    rows_total = int(vocab.sum())
-    lookups = batch * FEATURES
-    table = tf.Variable(tf.zeros([rows_total, DIM], tf.float32))
-    rng = np.random.default_rng(0)
-    ids = (rng.random((batch, FEATURES)) ** 3 * vocab).astype(np.int64)
-    keys = tf.constant((ids + np.concatenate([[0], np.cumsum(vocab)[:-1]])).reshape(-1))
-    unique_keys, _ = tf.unique(keys)
-    print(f"{lookups} lookups, {int(tf.size(unique_keys))} unique (skewed ids, u**3)", flush=True)
-    grads = tf.random.normal([lookups, DIM]) * 1e-9
-    row = DIM * 4
-    timed("gather 1.7M rows fp32", lambda: tf.gather(table, keys), bytes_floor(2 * lookups * row))
-    timed("gather 1.7M rows + cast fp16", lambda: tf.cast(tf.gather(table, keys), tf.float16),
-          bytes_floor(lookups * (row + row // 2)))
-    timed("gather 1.7M rows + cast fp16, XLA (the tf backend under --xla)",
-          tf.function(lambda: tf.cast(tf.gather(table, keys), tf.float16), jit_compile=True),
-          bytes_floor(lookups * (row + row // 2)))
-    timed("gather 1.7M rows + cast fp16, embedding_ops (the tf backend's default)",
-          lambda: embedding_ops.gather(table, keys, tf.float16),
-          bytes_floor(lookups * (row + row // 2)))
-    timed("unique 1.7M keys", lambda: tf.unique(keys)[0])
-
-    def scatter_duplicates():
-        table.scatter_sub(tf.IndexedSlices(grads, keys))
-        return tf.constant(0.0)
-
-    fp16_grads, rate = tf.cast(grads, tf.float16), tf.constant(1e-3)
-
-    def fused_update():  # the scaling included, fp16 gradients (AMP's)
-        embedding_ops.sgd_update(table, keys, fp16_grads, rate)
-        return tf.constant(0.0)
-
-    def unique_segment_scatter():
-        unique, slot = tf.unique(keys)
-        summed = tf.math.unsorted_segment_sum(grads, slot, tf.size(unique))
-        table.scatter_sub(tf.IndexedSlices(summed, unique))
-        return tf.constant(0.0)
-
-    def sorted_segment_scatter():
-        order = tf.argsort(keys)
-        sorted_keys = tf.gather(keys, order)
-        starts = tf.concat([[True], sorted_keys[1:] != sorted_keys[:-1]], 0)
-        segment = tf.cumsum(tf.cast(starts, tf.int32)) - 1
-        summed = tf.math.segment_sum(tf.gather(grads, order), segment)
-        table.scatter_sub(tf.IndexedSlices(summed, tf.boolean_mask(sorted_keys, starts)))
-        return tf.constant(0.0)
-
-    update_floor = bytes_floor(lookups * row + 2 * int(tf.size(unique_keys)) * row)
-    for name, body in [("update: scatter_sub, duplicate keys", scatter_duplicates),
-                       ("update: embedding_ops.sgd_update, fp16 gradients, scaled",
-                        fused_update),
-                       ("update: unique + segment_sum + scatter_sub", unique_segment_scatter),
-                       ("update: argsort + sorted segment_sum + scatter_sub",
-                        sorted_segment_scatter)]:
-        timed(name, body, update_floor)
-    del table
-
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
-
-    dense = tf.random.normal([batch, DENSE])
-    vectors = tf.cast(tf.random.normal([batch, FEATURES, DIM]) * 0.1, tf.float16)
-
-    class FixedVectors:  # the dense part alone: the lookup returns the same vectors
-        dim = DIM
-        vocab_sizes = [1] * FEATURES
-        variables = []
-
-        def __call__(self, ids):
-            return vectors
-
-        def exclude_tables(self, variables):
-            return variables
-    mlp_flops = 3 * 2 * batch * sum(a * b for a, b in zip(
-        [DENSE, 512, 256, 480, 1024, 1024, 512, 256], [512, 256, 128, 1024, 1024, 512, 256, 1]))
-    for name, interaction, jit in [("dense part fwd+bwd, AMP, TF interaction", None, False),
-                                   ("dense part fwd+bwd, AMP, TF interaction, XLA", None, True),
-                                   ("dense part fwd+bwd, AMP, custom op", "custom", False),
-                                   ("dense part fwd+bwd, AMP, custom op, XLA", "custom", True)]:
-        net = dlrm.DLRM(FixedVectors(), [1] * FEATURES, jit_compile=jit, interaction=(
-            custom_interact.dot_interact if interaction else dlrm.dot_interaction))
-
-        def dense_step(net=net):
-            with tf.GradientTape() as tape:
-                tape.watch(vectors)
-                logits = net((dense, tf.zeros([batch, FEATURES], tf.int32)), training=True)
-                loss = tf.reduce_sum(logits)
-            grads = tape.gradient(loss, net.trainable_variables + [vectors])
-            return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
-        timed(name, dense_step, mlp_flops / flops * 1e3, in_graph=False)
-    tf.keras.mixed_precision.set_global_policy("float32")
-
-    scores = tf.random.uniform([num_scores])
-    labels = tf.cast(tf.random.uniform([num_scores]) < 0.03, tf.float32)
-    metrics.roc_auc_tf(labels, scores)
-    start = time.perf_counter()
-    auc = metrics.roc_auc_tf(labels, scores)
-    auc_seconds = time.perf_counter() - start
-    rows.append({"part": f"exact AUC over {num_scores:,} scores (roc_auc_tf)",
-                 "ms": auc_seconds * 1e3, "floor_ms": None})
-    print(f"exact AUC over {num_scores:,} scores: {auc_seconds * 1e3:.1f} ms (AUC {auc:.4f})",
-          flush=True)
-    if tf.config.list_logical_devices("GPU"):
-        rows.append({"part": "peak GPU memory GiB",
-                     "value": tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30})
-    table_md = ["| part | ms | floor ms | / floor |", "|---|---|---|---|"]
-    for row in rows:
-        if "ms" in row:
-            floor = row["floor_ms"]
-            ratio = "" if floor is None else f"{row['ms'] / floor:.1f}"
-            floor = "" if floor is None else f"{floor:.3f}"
-            table_md.append(f"| {row['part']} | {row['ms']:.3f} | {floor} | {ratio} |")
-    return rows, table_md
 
 
 def main():
@@ -363,7 +190,8 @@ def main():
                                   extra=args.extra.split())
         stem = os.path.join(args.out, f"scaling_{args.embedding}")
     else:
-        rows, table = run_parts(args.repeats, args.batch, args.rows, args.scores)
+        from bench import parts  # TensorFlow in this process only here
+        rows, table = parts.run_parts(args.repeats, args.batch, args.rows, args.scores)
         stem = os.path.join(args.out, "parts")
     with open(stem + ".json", "w") as f:
         json.dump(rows, f, indent=2)
