@@ -8,7 +8,6 @@ the dense gradients are summed over ranks, so N ranks compute what one rank woul
 same global batch.
 """
 
-import contextlib
 import math
 import time
 
@@ -130,12 +129,12 @@ class DynamicLossScale:
 
 
 class Phases:
-    """NVTX ranges in domain "DLRM" around the training loop's phases on the host, for nsys:
-    input (the next batch), step (launching the train step), log (its host sync), evaluation,
-    checkpoint, restore. Inside the step, TF name scopes (forward/embedding_lookup, backward,
-    allreduce, update) name the ops of each phase. Without a profiler attached an NVTX call
-    is a no-op stub: a range costs ~0.3 us (bench/bench_nvtx.py); without the
-    `nvtx` package, Phases does nothing.
+    """The training loop's phases on the host: input (the next batch), step (launching the
+    train step), log (its host sync), evaluation, checkpoint, restore. Each phase's host
+    seconds add up (seconds(name)), and each is an NVTX range in domain "DLRM" for nsys
+    (inside the step, TF name scopes (forward/embedding_lookup, backward, allreduce, update)
+    name the ops of each phase). Without a profiler attached an NVTX call is a no-op stub: a
+    range costs ~0.3 us (bench/bench_nvtx.py); without the `nvtx` package, no ranges.
 
         with phases("input"): ...
     """
@@ -151,24 +150,36 @@ class Phases:
     def __call__(self, name):
         found = self._ranges.get(name)
         if found is None:
-            found = self._ranges[name] = (
-                _Range(self._domain, self._domain.get_event_attributes(message=name))
-                if self._domain is not None else contextlib.nullcontext())
+            found = self._ranges[name] = _Range(
+                self._domain, self._domain.get_event_attributes(message=name)
+                if self._domain is not None else None)
         return found
+
+    def seconds(self, name):
+        """-> the host seconds spent in phase `name` so far."""
+        found = self._ranges.get(name)
+        return found.seconds if found is not None else 0.0
 
 
 class _Range:
-    """One phase's NVTX range: a push on enter, a pop on exit (its name registered once)."""
-    __slots__ = ("_push", "_pop", "_attributes")
+    """One phase: its host seconds, and its NVTX range if domain (a push on enter, a pop on
+    exit, its name registered once)."""
+    __slots__ = ("_push", "_pop", "_attributes", "_start", "seconds")
 
     def __init__(self, domain, attributes):
-        self._push, self._pop, self._attributes = domain.push_range, domain.pop_range, attributes
+        self._push, self._pop = ((domain.push_range, domain.pop_range) if domain is not None
+                                 else (None, None))
+        self._attributes, self._start, self.seconds = attributes, 0.0, 0.0
 
     def __enter__(self):
-        self._push(self._attributes)
+        if self._push is not None:
+            self._push(self._attributes)
+        self._start = time.perf_counter()
 
     def __exit__(self, *error):
-        self._pop()
+        self.seconds += time.perf_counter() - self._start
+        if self._pop is not None:
+            self._pop()
 
 
 class Telemetry:
@@ -370,10 +381,15 @@ class Trainer:
 
 class _Clock:
     """Training time: the steps' wall time in segments between evaluations and checkpoints,
-    this process's first step (tracing and compilation) apart."""
+    this process's first step (tracing and compilation) apart; and the host's time in the
+    steps' input and launch phases (phases: a Phases), after the first step."""
 
-    def __init__(self):
+    HOST_PHASES = ("input", "step")
+
+    def __init__(self, phases):
         self.train_seconds = self.first_step_seconds = 0.0
+        self._phases = phases
+        self._host_at_first_step = dict.fromkeys(self.HOST_PHASES, 0.0)
         self.start()
 
     def start(self):
@@ -387,11 +403,18 @@ class _Clock:
     def first_step_done(self):
         """The process's first step (its loss read back) ends: apart, then a new segment."""
         self.first_step_seconds = time.perf_counter() - self._start
+        self._host_at_first_step = {name: self._phases.seconds(name)
+                                    for name in self.HOST_PHASES}
         self.start()
 
     def samples_per_second(self, global_batch):
         """-> the current segment's rate so far."""
         return self.segment_steps * global_batch / max(time.perf_counter() - self._start, 1e-9)
+
+    def host_ms_per_step(self, steps):
+        """-> {phase: host ms per step in it} over the `steps` steps after the first."""
+        return {name: 1e3 * (self._phases.seconds(name) - self._host_at_first_step[name])
+                / max(steps, 1) for name in self.HOST_PHASES}
 
 
 class _Evaluations:
@@ -506,7 +529,9 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
       max_steps and the schedule count from the start of the whole run.
 
     Training time, ms per iteration and samples/s leave out this process's first step
-    (tracing and compilation: first_step_seconds), the evaluations and the checkpoints."""
+    (tracing and compilation: first_step_seconds), the evaluations and the checkpoints; so do
+    the host's input and launch ms per iteration (the time in next(batch) and in the
+    train_step call)."""
     run_start = time.perf_counter()
     batches_per_epoch = len(train_dataset)
     phases, telemetry = Phases(), Telemetry(log)
@@ -519,7 +544,7 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
     evaluations = _Evaluations(trainer, eval_dataset, auc_target, phases, log, scalars,
                                progress["evaluations"], progress["target_step"])
     saving = _Checkpointing(checkpoints, checkpoint_every, trainer, phases, log, step)
-    profiler, clock, first_step = _ProfilerWindow(profile, telemetry, log), _Clock(), step
+    profiler, clock, first_step = _ProfilerWindow(profile, telemetry, log), _Clock(phases), step
     stop = (max_steps is not None and step >= max_steps) or evaluations.target_step is not None
     if epoch_step == batches_per_epoch:  # saved after an epoch's last batch
         epoch, epoch_step = epoch + 1, 0
@@ -586,6 +611,7 @@ def _report(trainer, step, first_step, resume_from, clock, evaluations, saving,
     """-> the run's report (JSON values; format_report prints it)."""
     run_steps, global_batch = step - first_step, trainer.global_batch
     skipped = int(trainer.loss_scale.skipped_steps.numpy()) if trainer.loss_scale else 0
+    host_ms = clock.host_ms_per_step(run_steps - 1)
     return {
         "num_ranks": hvd.size(),
         "global_batch_size": global_batch,
@@ -599,6 +625,8 @@ def _report(trainer, step, first_step, resume_from, clock, evaluations, saving,
         "ms_per_iteration": 1e3 * clock.train_seconds / max(run_steps - 1, 1),
         "samples_per_second": ((run_steps - 1) * global_batch / clock.train_seconds
                                if clock.train_seconds else 0.0),
+        "input_ms_per_iteration": host_ms["input"],  # the host's, waiting for the next batch
+        "launch_ms_per_iteration": host_ms["step"],  # the host's, in the train step's call
         "auc": evaluations.records[-1]["auc"] if evaluations.records else None,
         "auc_target": auc_target,
         "target_reached_at_step": evaluations.target_step,
@@ -620,6 +648,8 @@ def format_report(report):
         f"{report['first_step_seconds']:.1f} s, not in training time)",
         f"AUC {auc} (target {report['auc_target']}, reached at step "
         f"{report['target_reached_at_step']}), skipped steps {report['skipped_steps']}",
+        f"host per step: {report['input_ms_per_iteration']:.2f} ms waiting for input, "
+        f"{report['launch_ms_per_iteration']:.2f} ms launching the step",
     ]
     if report["resumed_from_step"] is not None:
         lines.append(f"resumed from step {report['resumed_from_step']}")

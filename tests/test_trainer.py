@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import horovod.tensorflow as hvd
 import numpy as np
@@ -236,6 +237,40 @@ def test_fit_writes_the_logged_scalars_for_tensorboard(tmp_path):
     scores = tf.sigmoid(model((dense, ids))).numpy()[:, 0]
     assert found["auc"] == {4: pytest.approx(_auc_by_hand(label.numpy()[:, 0], scores),
                                              abs=1e-6)}
+
+
+class _SlowBatches(_Batches):
+    """_Batches whose k-th batch (k from 0) takes delays[k] seconds to come."""
+
+    def __init__(self, batches, delays):
+        super().__init__(batches)
+        self.delays = delays
+
+    def batches(self, start=0, epoch=0):
+        for k, batch in enumerate(self[start:], start):
+            time.sleep(self.delays[k])
+            yield batch
+
+
+def test_the_report_gives_the_hosts_input_and_launch_time_per_step_after_the_first():
+    """Batches that take 1 s (the first) then 30 ms to come, a step call that sleeps 1 s
+    (the first) then 20 ms before the step: the report's host input and launch ms per step
+    count the 4 steps after the first (with it: 280 and 270 ms)."""
+    trainer = training.Trainer(_TinyModel(), lambda step: tf.constant(0.05), global_batch=4)
+    batches = _SlowBatches([_batch(value) for value in (1.0, 0.5, -1.0, 2.0, 0.1)],
+                           [1.0, 0.03, 0.03, 0.03, 0.03])
+    step_delays, train_step = iter([1.0, 0.02, 0.02, 0.02, 0.02]), trainer.train_step
+
+    def slow_step(*batch):
+        time.sleep(next(step_delays))
+        return train_step(*batch)
+    trainer.train_step = slow_step
+    report = training.fit(trainer, batches, None, max_steps=5, log=lambda line: None)
+    assert 30 <= report["input_ms_per_iteration"] < 200
+    assert 20 <= report["launch_ms_per_iteration"] < 200
+    assert (f"host per step: {report['input_ms_per_iteration']:.2f} ms waiting for input, "
+            f"{report['launch_ms_per_iteration']:.2f} ms launching the step"
+            in training.format_report(report))
 
 
 @pytest.fixture(scope="module")
