@@ -331,7 +331,7 @@ def test_a_results_json_failing_at_the_end_warns_and_the_run_stands(monkeypatch,
     def disk_full(path, obj):
         raise OSError(28, "No space left on device", path)
     monkeypatch.setattr(fmt, "write_json_atomic", disk_full)
-    main._write_results(fmt, "/data/r.json", {"steps": 1}, print)
+    main._write_results("/data/r.json", {"steps": 1}, print)
     assert capsys.readouterr().err == (
         "main.py: warning: --results_json=/data/r.json not written ([Errno 28] No space left "
         "on device: '/data/r.json'); the report is above\n")
