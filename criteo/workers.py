@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 from typing import NamedTuple, Optional
@@ -92,29 +93,93 @@ def worker_context(context):
         _context = None
 
 
-def _next_result(results, progress, bytes_read, poll_seconds):
-    """The pool's next result, updating progress every poll_seconds while waiting."""
+def _worker(job, tasks, next_task, connection):
+    """A worker process (after _worker_init): takes the next task index from the shared
+    counter and sends (True, job(task)) down its pipe, until no task is left; on an error
+    sends (False, the exception) and ends."""
+    _worker_init()
     while True:
+        with next_task.get_lock():
+            index = next_task.value
+            next_task.value += 1
+        if index >= len(tasks):
+            return
         try:
-            return results.next(timeout=poll_seconds)
-        except multiprocessing.TimeoutError:
-            progress.update(min(bytes_read.value, progress.total - 1))
+            connection.send((True, job(tasks[index])))
+        except Exception as error:  # raised again in the main process
+            connection.send((False, error))
+            return
+
+
+def _start_workers(fork, count, job, tasks):
+    """Forks `count` workers (_worker). -> {the main process's end of a worker's pipe: the
+    worker's process}."""
+    next_task = fork.Value("q", 0)
+    pool = {}
+    for _ in range(count):
+        receive, send = fork.Pipe(duplex=False)
+        process = fork.Process(target=_worker, args=(job, tasks, next_task, send), daemon=True)
+        process.start()
+        send.close()
+        pool[receive] = process
+    return pool
+
+
+def _results(pool, count, poll_seconds, on_poll):
+    """Yields the workers' `count` results in completion order; calls on_poll() every
+    poll_seconds while waiting. Raises a task's exception, or RuntimeError if a worker died
+    (killed, out of memory) without sending one."""
+    running = dict(pool)
+    for _ in range(count):
+        while True:
+            ready = multiprocessing.connection.wait(list(running), timeout=poll_seconds)
+            if not ready:
+                on_poll()
+                continue
+            try:
+                ok, value = ready[0].recv()
+                break
+            except EOFError:  # the worker ended: its tasks done, or it died
+                process = running.pop(ready[0])
+                process.join()
+                if process.exitcode != 0 or not running:
+                    raise RuntimeError(f"a worker process (pid {process.pid}) ended with exit "
+                                       f"code {process.exitcode} before the tasks were "
+                                       f"done") from None
+        if not ok:
+            raise value
+        yield value
 
 
 def run_in_workers(job, tasks, context, workers, progress, on_result, poll_seconds):
-    """Runs job(task) for every task in a pool of at most `workers` forked processes that
-    inherit context; calls on_result(result) in the main process in completion order and
-    reports the input bytes read to progress (a progress.Progress)."""
+    """Runs job(task) for every task in at most `workers` forked processes that inherit
+    context; calls on_result(result) in the main process in completion order and reports
+    the input bytes read to progress (a progress.Progress). On an error (a task's, or a
+    worker that died) the workers are killed at once and the error raised.
+
+    Each worker has its own pipe and takes task indices from a shared counter: nothing the
+    main process waits on can be left locked by a killed worker (multiprocessing.Pool's
+    shutdown after an error hung once on such a lock)."""
     if not tasks:
         return
     fork = multiprocessing.get_context("fork")
     bytes_read = fork.Value("q", 0)
-    with (worker_context(dataclasses.replace(context, bytes_read=bytes_read)),
-          fork.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool):
-        results = pool.imap_unordered(job, tasks, chunksize=1)
-        for _ in range(len(tasks)):
-            on_result(_next_result(results, progress, bytes_read, poll_seconds))
-            progress.update(min(bytes_read.value, progress.total - 1))
+
+    def report_progress():
+        progress.update(min(bytes_read.value, progress.total - 1))
+
+    with worker_context(dataclasses.replace(context, bytes_read=bytes_read)):
+        pool = _start_workers(fork, min(workers, len(tasks)), job, tasks)
+    try:
+        for result in _results(pool, len(tasks), poll_seconds, report_progress):
+            on_result(result)
+            report_progress()
+    finally:
+        for connection, process in pool.items():
+            if process.is_alive():
+                process.kill()
+            process.join()
+            connection.close()
 
 
 def scan_chunk(task):

@@ -316,7 +316,7 @@ def test_bad_line_in_gzip_input_and_cli_exit_status(dataset, tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "preprocess_criteo.py"), bad_dir,
                            str(tmp_path / "out"), "--train_days=0-2", "--test_day=3",
                            "--workers=2"], capture_output=True, text=True,
-                          timeout=120)  # a hang in the pool's shutdown was seen once: fail
+                          timeout=120)  # fail, not hang (multiprocessing.Pool once did here)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(f"preprocess_criteo.py: error: {bad_dir}/day_1.gz: line 300 "
