@@ -11,6 +11,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import traceback
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -93,10 +94,27 @@ def worker_context(context):
         _context = None
 
 
+class WorkerTraceback(Exception):
+    """Where a worker's error was raised: its traceback, as text (the raised error's cause)."""
+
+    def __str__(self):
+        return "\n" + self.args[0]
+
+
+def _send_error(connection, error):
+    """Sends (False, error, its traceback text); an error that cannot be pickled goes as a
+    RuntimeError naming it."""
+    text = traceback.format_exc()
+    try:
+        connection.send((False, error, text))
+    except Exception:  # its pickling failed: its message still reaches the user
+        connection.send((False, RuntimeError(f"in a worker process: {error!r}"), text))
+
+
 def _worker(job, tasks, next_task, connection):
     """A worker process (after _worker_init): takes the next task index from the shared
-    counter and sends (True, job(task)) down its pipe, until no task is left; on an error
-    sends (False, the exception) and ends."""
+    counter and sends (True, job(task), None) down its pipe, until no task is left; on an
+    error sends it (_send_error) and ends."""
     _worker_init()
     while True:
         with next_task.get_lock():
@@ -105,30 +123,43 @@ def _worker(job, tasks, next_task, connection):
         if index >= len(tasks):
             return
         try:
-            connection.send((True, job(tasks[index])))
+            connection.send((True, job(tasks[index]), None))
         except Exception as error:  # raised again in the main process
-            connection.send((False, error))
+            _send_error(connection, error)
             return
 
 
-def _start_workers(fork, count, job, tasks):
-    """Forks `count` workers (_worker). -> {the main process's end of a worker's pipe: the
-    worker's process}."""
+def _start_workers(fork, count, job, tasks, pool):
+    """Forks `count` workers (_worker) into pool: {the main process's end of a worker's pipe:
+    the worker's process} (filled as they start: a failed start leaves the started ones in
+    it, to be killed)."""
     next_task = fork.Value("q", 0)
-    pool = {}
     for _ in range(count):
         receive, send = fork.Pipe(duplex=False)
         process = fork.Process(target=_worker, args=(job, tasks, next_task, send), daemon=True)
-        process.start()
-        send.close()
+        try:
+            process.start()
+        except BaseException:
+            receive.close()
+            raise
+        finally:
+            send.close()
         pool[receive] = process
-    return pool
+
+
+def _ended_early(process):
+    """-> the error for a worker that ended before the tasks were done (an OSError: the
+    converter's one-line error, with its resume hint)."""
+    how = (f"was killed by signal {-process.exitcode} (out of memory?)" if process.exitcode < 0
+           else f"ended with exit code {process.exitcode}")
+    return ChildProcessError(f"a worker process (pid {process.pid}) {how} before the tasks "
+                             f"were done")
 
 
 def _results(pool, count, poll_seconds, on_poll):
     """Yields the workers' `count` results in completion order; calls on_poll() every
-    poll_seconds while waiting. Raises a task's exception, or RuntimeError if a worker died
-    (killed, out of memory) without sending one."""
+    poll_seconds while waiting. Raises a task's exception (from its WorkerTraceback), or
+    ChildProcessError if a worker ended without sending one (killed, out of memory)."""
     running = dict(pool)
     for _ in range(count):
         while True:
@@ -137,17 +168,15 @@ def _results(pool, count, poll_seconds, on_poll):
                 on_poll()
                 continue
             try:
-                ok, value = ready[0].recv()
+                ok, value, where = ready[0].recv()
                 break
             except EOFError:  # the worker ended: its tasks done, or it died
                 process = running.pop(ready[0])
                 process.join()
                 if process.exitcode != 0 or not running:
-                    raise RuntimeError(f"a worker process (pid {process.pid}) ended with exit "
-                                       f"code {process.exitcode} before the tasks were "
-                                       f"done") from None
+                    raise _ended_early(process) from None
         if not ok:
-            raise value
+            raise value from WorkerTraceback(where)
         yield value
 
 
@@ -157,20 +186,22 @@ def run_in_workers(job, tasks, context, workers, progress, on_result, poll_secon
     the input bytes read to progress (a progress.Progress). On an error (a task's, or a
     worker that died) the workers are killed at once and the error raised.
 
-    Each worker has its own pipe and takes task indices from a shared counter: nothing the
-    main process waits on can be left locked by a killed worker (multiprocessing.Pool's
-    shutdown after an error hung once on such a lock)."""
+    Each worker has its own pipe and takes task indices from a shared counter; the main
+    process reads the bytes counter without its lock: nothing it waits on can be left locked
+    by a killed worker (multiprocessing.Pool's shutdown after an error hung once on such a
+    lock)."""
     if not tasks:
         return
     fork = multiprocessing.get_context("fork")
     bytes_read = fork.Value("q", 0)
 
     def report_progress():
-        progress.update(min(bytes_read.value, progress.total - 1))
+        progress.update(min(bytes_read.get_obj().value, progress.total - 1))
 
-    with worker_context(dataclasses.replace(context, bytes_read=bytes_read)):
-        pool = _start_workers(fork, min(workers, len(tasks)), job, tasks)
+    pool = {}
     try:
+        with worker_context(dataclasses.replace(context, bytes_read=bytes_read)):
+            _start_workers(fork, min(workers, len(tasks)), job, tasks, pool)
         for result in _results(pool, len(tasks), poll_seconds, report_progress):
             on_result(result)
             report_progress()

@@ -3,6 +3,8 @@ worker's death the error raised with no worker left running."""
 
 import multiprocessing
 import os
+import re
+import signal
 import time
 
 import pytest
@@ -36,8 +38,34 @@ def _fail_on_5_while_others_sleep(task):
 
 def _exit_on_4(task):
     if task == 4:
-        os._exit(3)  # as a worker killed from outside or out of memory
+        os._exit(3)
     time.sleep(0 if task < 4 else 60)
+    return task
+
+
+def _killed_on_4(task):
+    if task == 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer
+    time.sleep(0 if task < 4 else 60)
+    return task
+
+
+def _killed_holding_the_progress_lock(task):
+    if task == 4:
+        workers._context.bytes_read.get_lock().acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0 if task < 4 else 60)
+    return task
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot pickle")
+
+
+def _unpicklable_error_on_2(task):
+    if task == 2:
+        raise _Unpicklable("the message")
     return task
 
 
@@ -56,10 +84,41 @@ def test_a_tasks_error_is_raised_and_the_other_workers_are_killed():
     assert time.monotonic() - start < 50  # not after the 60 s tasks
 
 
-def test_a_worker_that_dies_is_an_error_naming_its_exit_code():
-    with pytest.raises(RuntimeError, match=r"a worker process \(pid \d+\) ended with exit code "
-                                           r"3 before the tasks were done"):
-        _run(_exit_on_4, list(range(12)))
+def test_the_error_keeps_the_workers_traceback_as_its_cause():
+    with pytest.raises(InputError) as raised:
+        _run(_fail_on_5_while_others_sleep, list(range(12)))
+    assert isinstance(raised.value.__cause__, workers.WorkerTraceback)
+    assert "in _fail_on_5_while_others_sleep" in str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize("job, how", [(_exit_on_4, "ended with exit code 3"),
+                                      (_killed_on_4, "was killed by signal 9 (out of memory?)")])
+def test_a_worker_that_dies_is_an_oserror_naming_how(job, how):
+    """An OSError: preprocess_criteo.py's one-line error, with its resume hint."""
+    with pytest.raises(ChildProcessError) as raised:
+        _run(job, list(range(12)))
+    assert re.fullmatch(rf"a worker process \(pid \d+\) {re.escape(how)} before the tasks "
+                        rf"were done", str(raised.value))
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_killed_holding_the_progress_counters_lock_does_not_hang_the_run():
+    """The main process reads the counter without its lock (30 s alarm: a hang fails)."""
+    def hung(*_):
+        raise TimeoutError("run_in_workers hung")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(ChildProcessError, match="was killed by signal 9"):
+            _run(_killed_holding_the_progress_lock, list(range(12)))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_error_that_cannot_be_pickled_still_names_itself():
+    with pytest.raises(RuntimeError, match=r"in a worker process: _Unpicklable\('the message'\)"):
+        _run(_unpicklable_error_on_2, list(range(6)))
     assert multiprocessing.active_children() == []
 
 
