@@ -134,7 +134,8 @@ class Phases:
     seconds add up (seconds(name)), and each is an NVTX range in domain "DLRM" for nsys
     (inside the step, TF name scopes (forward/embedding_lookup, backward, allreduce, update)
     name the ops of each phase). Without a profiler attached an NVTX call is a no-op stub: a
-    range costs ~0.3 us (bench/bench_nvtx.py); without the `nvtx` package, no ranges.
+    range costs ~0.3 us (bench/bench_nvtx.py), plus two clock reads; without the `nvtx`
+    package, no ranges.
 
         with phases("input"): ...
     """
