@@ -513,6 +513,31 @@ def _log_step(trainer, clock, epoch, step, loss, log, scalars):
             **({"loss_scale": float(trainer.loss_scale.scale)} if trainer.loss_scale else {}))
 
 
+def _evaluate_and_save(clock, evaluations, saving, evaluate, position, batches_per_epoch):
+    """Between steps (position: (step, epoch, epoch_step)), outside training time: the
+    evaluation if `evaluate`, the checkpoint if due. -> whether auc_target has been reached."""
+    step = position[0]
+    if not (evaluate or saving.due(step)):
+        return False
+    clock.stop()
+    reached = bool(evaluate) and evaluations.run(step)
+    if saving.due(step):
+        saving.save(position, batches_per_epoch, evaluations.progress())
+    clock.start()
+    return reached
+
+
+def _end_of_run(saving, evaluations, eval_in_last, position, batches_per_epoch):
+    """After the last step (position: (step, epoch, epoch_step)): its checkpoint unless just
+    saved, and with eval_in_last its evaluation unless done at that step."""
+    step = position[0]
+    if saving.checkpoints is not None and saving.saved_step != step:
+        saving.save(position, batches_per_epoch, evaluations.progress())
+    if eval_in_last and evaluations.dataset is not None and (
+            not evaluations.records or evaluations.records[-1]["step"] != step):
+        evaluations.run(step)
+
+
 def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_interval=None,
         eval_in_last=False, auc_target=None, log_interval=100, profile=None, log=print,
         summary_writer=None, checkpoints=None, checkpoint_every=0, resume_from=None):
@@ -529,10 +554,9 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
       state and evaluations loaded; a run that had met auc_target stops at once); step numbers,
       max_steps and the schedule count from the start of the whole run.
 
-    Training time, ms per iteration and samples/s leave out this process's first step
-    (tracing and compilation: first_step_seconds), the evaluations and the checkpoints; so do
-    the host's input and launch ms per iteration (the time in next(batch) and in the
-    train_step call)."""
+    Training time, ms/iteration, samples/s and the host's input and launch ms/iteration (in
+    next(batch), in train_step's call) leave out this process's first step (tracing and
+    compilation: first_step_seconds), the evaluations and the checkpoints."""
     run_start = time.perf_counter()
     batches_per_epoch = len(train_dataset)
     phases, telemetry = Phases(), Telemetry(log)
@@ -571,25 +595,15 @@ def fit(trainer, train_dataset, eval_dataset, epochs=1, max_steps=None, eval_int
                 with phases("log"):
                     _log_step(trainer, clock, epoch, step, loss, log, scalars)
             evaluate = eval_interval and step % eval_interval == 0 and eval_dataset is not None
-            if evaluate or saving.due(step):
-                clock.stop()
-                stop = evaluate and evaluations.run(step)
-                if saving.due(step):
-                    saving.save((step, epoch, epoch_step), batches_per_epoch,
-                                evaluations.progress())
-                clock.start()
-            stop = stop or last
+            stop = _evaluate_and_save(clock, evaluations, saving, evaluate,
+                                      (step, epoch, epoch_step), batches_per_epoch) or last
         trainer.check_loss()
         clock.stop()
         if not stop:
             epoch, epoch_step = epoch + 1, 0
     if profiler.tracing:  # the run ended inside the traced steps
         profiler.after_step(step - first_step, loss, first_step, ended=True)
-    if checkpoints is not None and saving.saved_step != step:
-        saving.save((step, epoch, epoch_step), batches_per_epoch, evaluations.progress())
-    if eval_in_last and eval_dataset is not None and (
-            not evaluations.records or evaluations.records[-1]["step"] != step):
-        evaluations.run(step)
+    _end_of_run(saving, evaluations, eval_in_last, (step, epoch, epoch_step), batches_per_epoch)
     if summary_writer is not None:
         telemetry.attempt("TensorBoard", summary_writer.flush)
     return _report(trainer, step, first_step, resume_from, clock, evaluations, saving,
