@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from conftest import ROOT  # noqa: F401  (the repository on sys.path)
 import data_format as fmt
 
 

@@ -17,6 +17,7 @@ import embedding
 import embedding_worker as worker
 import model
 import sok_stand_in
+import xla
 
 WORKER = os.path.join(os.path.dirname(__file__), "embedding_worker.py")
 
@@ -313,8 +314,7 @@ def test_startup_builds_the_table_in_place():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_scaled_gradient_is_zero_at_rate_zero_even_for_inf_and_nan(device, compiled):
     """The update of a step that AMP skips: rate 0 must leave the rows as they are."""
-    scale = tf.function(embedding.scaled_gradient, jit_compile=True) if compiled \
-        else embedding.scaled_gradient
+    scale = xla.compiled(compiled)(embedding.scaled_gradient)
     grad = np.array([[1.5, -np.inf], [np.nan, np.inf], [-2.0, 0.0]], np.float32)
     with tf.device(device):
         skipped = scale(tf.constant(grad.astype(np.float16)), tf.constant(0.0), tf.float32)
