@@ -1,4 +1,5 @@
-"""Progress lines with rate and ETA for long jobs (split_bin.py, synthetic_data.py)."""
+"""Progress lines with rate and ETA for long jobs (split_bin.py, synthetic_data.py, the Criteo
+converter's passes and shuffle)."""
 
 import sys
 import time
