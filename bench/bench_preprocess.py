@@ -25,6 +25,8 @@ count, in its own process: MB/s of each step and its peak RSS over the imports.
 """
 
 import argparse
+import gzip
+import io
 import multiprocessing
 import os
 import shutil
@@ -81,25 +83,23 @@ def generate(directory, megabytes, seed=0):
     missing = rng.uniform(0.0, 0.2, fmt.NUM_DENSE + fmt.NUM_CATEGORICAL)
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     for path in paths:
-        tmp = path + ".tmp"
-        with pacsv.CSVWriter(tmp, _chunk_table(rng, 1, missing).schema,
-                             write_options=options) as writer:
-            while os.path.getsize(tmp) < megabytes * 1e6 / len(paths):
-                writer.write_table(_chunk_table(rng, ROWS_PER_CHUNK, missing))
-        os.replace(tmp, path)
+        with fmt.atomic_file(path, "wb") as f:
+            while f.tell() < megabytes * 1e6 / len(paths):
+                chunk = io.BytesIO()
+                pacsv.write_csv(_chunk_table(rng, ROWS_PER_CHUNK, missing), chunk,
+                                write_options=options)
+                f.write(chunk.getvalue())
     return paths
 
 
 def gzip_copies(paths, directory):
-    import gzip
-    import shutil
     os.makedirs(directory, exist_ok=True)
     for path in paths:
         target = os.path.join(directory, os.path.basename(path) + ".gz")
         if not os.path.exists(target):
-            with open(path, "rb") as src, gzip.open(target + ".tmp", "wb", compresslevel=6) as dst:
+            with open(path, "rb") as src, fmt.atomic_file(target, "wb") as out, \
+                    gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as dst:
                 shutil.copyfileobj(src, dst, 16 << 20)
-            os.replace(target + ".tmp", target)
     return directory
 
 
