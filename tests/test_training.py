@@ -308,12 +308,12 @@ def _catches_sigterm(pid):
 
 
 def test_a_failing_rank_other_than_0_ends_quietly_at_the_launchers_sigterm():
-    """A usage error on rank 1 says nothing (rank 0 says it) and waits for the launcher to end
-    the job; the launcher's SIGTERM then ends it with exit status 2, not killed by the signal,
-    whatever the moment (the end of a fixed wait could leave it to die in its exit)."""
-    code = "import main; main._fail('rank 0 says it')"  # run in ROOT: main imports
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
-                            env=dict(os.environ, HOROVOD_RANK="1"),
+    """A usage error on rank 1 (a bad flag, as the launcher's variable says) says nothing
+    (rank 0 says it) and waits for the launcher to end the job; the launcher's SIGTERM then
+    ends it with exit status 2, not killed by the signal, whatever the moment (the end of a
+    fixed wait could leave it to die in its exit)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--lr=-1"],
+                            cwd=ROOT, text=True, env=dict(os.environ, HOROVOD_RANK="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not _catches_sigterm(proc.pid):  # _fail has reached its wait
