@@ -65,7 +65,9 @@ class _TableEmbedding:
 
 
 class _TinyModel(tf.keras.Model):
-    """logit = dense @ w + sum of the looked-up vectors' first component."""
+    """A stand-in for model.DLRM with what the Trainer uses (call, embedding,
+    embedding_variables, dense_variables): logit = dense @ w + sum of the looked-up vectors'
+    first component."""
 
     def __init__(self):
         super().__init__()
