@@ -277,11 +277,11 @@ def test_the_report_gives_the_hosts_input_and_launch_time_per_step_after_the_fir
 
 @pytest.fixture(scope="module")
 def nvtx_recorder(tmp_path_factory):
-    """bench/nvtx_recorder.c built against CUDA's NVTX headers (on every machine of this
+    """tools/nvtx_recorder.c built against CUDA's NVTX headers (on every machine of this
     project's kinds): an NVTX tool that writes each range push and pop to $NVTX_RECORD."""
     library = str(tmp_path_factory.mktemp("nvtx") / "nvtx_recorder.so")
     proc = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{CUDA_INCLUDE}", "-o", library,
-                           os.path.join(ROOT, "bench", "nvtx_recorder.c")],
+                           os.path.join(ROOT, "tools", "nvtx_recorder.c")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, f"building the NVTX recorder failed:\n{proc.stderr}"
     return library

@@ -1,7 +1,7 @@
 /* An NVTX injection library that writes every range push and pop to a file: the NVTX ranges a
  * program emits, checked without nsys (which the GPU machine cannot run to a report).
  *
- *   gcc -shared -fPIC -O2 -I/usr/local/cuda/include -o nvtx_recorder.so bench/nvtx_recorder.c
+ *   gcc -shared -fPIC -O2 -I/usr/local/cuda/include -o nvtx_recorder.so tools/nvtx_recorder.c
  *   NVTX_INJECTION64_PATH=$PWD/nvtx_recorder.so NVTX_RECORD=ranges.txt python3 main.py ...
  *
  * NVTX's own loader (nvtx3/nvtxDetail/nvtxInit.h) opens the library named by

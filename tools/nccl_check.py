@@ -1,6 +1,6 @@
 """Horovod's collectives on GPU tensors: values against numpy, and which backend ran them.
 
-    HOROVOD_TIMELINE=/tmp/timeline.json horovodrun -np N python3 -m bench.nccl_check
+    HOROVOD_TIMELINE=/tmp/timeline.json horovodrun -np N python3 -m tools.nccl_check
 
 Each rank puts rank-dependent tensors on its GPU and runs hvd.alltoall (uneven splits, as the
 tf backend's exchange), hvd.allreduce (sum) and hvd.allgather; the results are checked against

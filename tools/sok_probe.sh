@@ -4,12 +4,12 @@
 # gpu/build_sok.sh (gpu/sok_patches/), each patched site restored to SOK 2.1.0's own code in
 # turn through SOK_DLRM_UNPATCH, one run each. Logs and JSON in $OUT/probe; one line per run.
 #
-#   bash bench/sok_probe.sh race [STEPS]   STEPS a run (default 2000), evaluated at the end:
+#   bash tools/sok_probe.sh race [STEPS]   STEPS a run (default 2000), evaluated at the end:
 #       patched (amp xla custom, then fp32 compress xla custom); ordered_copies restored (the
 #       legacy-stream copies, patch 1); device_sync restored (patch 2). If the fp32 compress
 #       run stops on a non-finite loss, the tf backend runs the same, to tell SOK from the
 #       schedule.
-#   bash bench/sok_probe.sh syncs          the cost of patch 3's two waits: 300 steps with
+#   bash tools/sok_probe.sh syncs          the cost of patch 3's two waits: 300 steps with
 #       forward_sync and wgrad_sync restored, 300 patched (amp xla custom).
 cd "$(dirname "$0")/.."
 source /opt/dlrm-gpu/env.sh
