@@ -17,6 +17,8 @@ import time
 
 from absl import app, flags
 
+import data_format as fmt  # numpy only: --help and flag errors stay fast
+
 FLAGS = flags.FLAGS
 _HELP_SECTIONS = []  # (title, index in list(FLAGS) of the section's first flag)
 
@@ -167,7 +169,6 @@ def _vocab_sizes_flag_ok(value):
     """--vocab_sizes' validator: None, or a list data_format.parse_vocab_sizes takes (else
     flags.ValidationError with its message, naming the entry)."""
     if value is not None:
-        import data_format as fmt
         try:
             fmt.parse_vocab_sizes(value)
         except ValueError as err:
@@ -276,7 +277,6 @@ def _open_outputs(tf):
     --checkpoint_dir, --tensorboard_dir and --profile_dir are made and take one, the
     TensorBoard writer opens.
     -> (one line naming the first flag that fails, or None; the summary writer or None)."""
-    import data_format as fmt
     checks = [("results_json", fmt.check_writable_file),
               ("checkpoint_dir", fmt.check_writable_directory),  # then every rank's, locked
               ("tensorboard_dir", fmt.check_writable_directory),
@@ -314,7 +314,6 @@ def _claim_outputs(tf, hvd, say):
 
 def _write_results(path, report, say):
     """--results_json (rank 0) at the end: a failure warns; the run and its checkpoint stand."""
-    import data_format as fmt
     try:
         fmt.write_json_atomic(path, report)
     except OSError as err:
@@ -326,7 +325,6 @@ def _open_datasets(batch, rank, world, input_device):
     """The rank's training and evaluation data: synthetic, or --data_dir's train/ and test/.
     -> (train_data, eval_data, vocab_sizes, shuffle_seed: the batch order's seed or None for
     file order). Raises app.UsageError."""
-    import data_format as fmt
     import dataset
     if FLAGS.use_synthetic_dataset:
         vocab_sizes = fmt.parse_vocab_sizes(FLAGS.vocab_sizes or "criteo_tb")
@@ -337,12 +335,12 @@ def _open_datasets(batch, rank, world, input_device):
                 vocab_sizes, None)
     shuffle_seed = FLAGS.shuffle_seed if FLAGS.shuffle_batches is not False else None
     try:  # shuffled by default for real data
-        train_data, eval_data = (
-            dataset.SplitDataset(os.path.join(FLAGS.data_dir, part), batch, rank, world,
-                                 training=part == "train", prefetch=FLAGS.prefetch,
-                                 device=input_device,
-                                 shuffle_seed=shuffle_seed if part == "train" else None)
-            for part in ("train", "test"))
+        train_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "train"), batch, rank,
+                                          world, training=True, prefetch=FLAGS.prefetch,
+                                          device=input_device, shuffle_seed=shuffle_seed)
+        eval_data = dataset.SplitDataset(os.path.join(FLAGS.data_dir, "test"), batch, rank,
+                                         world, training=False, prefetch=FLAGS.prefetch,
+                                         device=input_device)
     except (OSError, ValueError) as err:
         raise app.UsageError(str(err)) from None
     vocab_sizes = train_data.vocab_sizes
